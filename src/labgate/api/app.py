@@ -1,0 +1,74 @@
+"""The FastAPI application: routers, uniform error bodies, and the service's lifespan."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from labgate import __version__
+from labgate.api.routes import forwards, gateways, health, machines
+from labgate.core.errors import LabgateError, PortTaken
+from labgate.core.service import Labgate
+
+log = logging.getLogger("labgate.api")
+
+
+def _error(status: int, code: str, message: str, field: str | None = None, **extra) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "field": field, **extra}}
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def create_app(lg: Labgate, *, manage_lifecycle: bool = True) -> FastAPI:
+    """The API for service `lg`. With manage_lifecycle, the app starts and stops it (migrations, dataplane)."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle and not lg.started:
+            lg.start()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                lg.stop()
+
+    app = FastAPI(title="labgate", version=__version__, lifespan=lifespan,
+                  description="Self-service port forwarding into lab networks.")
+    app.state.labgate = lg
+    for r in (health.router, forwards.router, machines.router, gateways.router):
+        app.include_router(r)
+
+    @app.exception_handler(LabgateError)
+    async def _labgate_error(_req: Request, exc: LabgateError) -> JSONResponse:
+        extra = {"holder": exc.holder} if isinstance(exc, PortTaken) and exc.holder else {}
+        if exc.status >= 500:
+            log.error("event=request_failed code=%s message=%r", exc.code, exc.message)
+        return _error(exc.status, exc.code, exc.message, exc.field, **extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        field = ".".join(loc) or None
+        msg = first.get("msg", "invalid request")
+        if first.get("type") == "extra_forbidden":
+            msg = "unknown field"
+        return _error(422, "invalid", f"{field}: {msg}" if field else msg, field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:
+        log.exception("event=unhandled_error")
+        return _error(500, "internal", "internal error; the change was not applied (see the server log)")
+
+    return app

@@ -1,0 +1,63 @@
+"""/api/v1/forwards: create, list, read, change and delete forwards (each caller sees only their own)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response, status
+
+from labgate.api.deps import LabgateDep, PrincipalDep
+from labgate.api.routes.pagination import Limit, Offset, page
+from labgate.api.schemas import ErrorOut, ForwardCreate, ForwardOut, ForwardPage, ForwardPatch
+from labgate.core.forwards import ForwardFilter, ForwardSpec
+
+router = APIRouter(prefix="/api/v1/forwards", tags=["forwards"])
+ERRORS = {401: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 422: {"model": ErrorOut},
+          503: {"model": ErrorOut}}
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ForwardOut, responses=ERRORS)
+def create_forward(body: ForwardCreate, lg: LabgateDep, who: PrincipalDep) -> dict:
+    """Forward an external port of the gateway (chosen for you unless `external_port` is given) to a target.
+    When this returns 201 the kernel already forwards it."""
+    return lg.forwards.create(who, ForwardSpec(**body.model_dump()))
+
+
+@router.get("", response_model=ForwardPage, responses=ERRORS)
+def list_forwards(
+    request: Request,
+    lg: LabgateDep,
+    who: PrincipalDep,
+    name: Annotated[str | None, Query(max_length=63)] = None,
+    kind: Annotated[str | None, Query(max_length=32)] = None,
+    target_address: Annotated[str | None, Query(max_length=64)] = None,
+    target_port: Annotated[int | None, Query(ge=1, le=65535)] = None,
+    external_port: Annotated[int | None, Query(ge=1, le=65535)] = None,
+    protocol: Literal["tcp", "udp"] | None = None,
+    gateway: Annotated[str | None, Query(max_length=32)] = None,
+    owner: Annotated[str | None, Query(max_length=64, description="admins only")] = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> dict:
+    flt = ForwardFilter(name=name, kind=kind, target_address=target_address, target_port=target_port,
+                        external_port=external_port, protocol=protocol, gateway=gateway, owner=owner)
+    total, results = lg.forwards.list(who, flt, limit=limit, offset=offset)
+    return page(request, total, results, limit, offset)
+
+
+@router.get("/{forward_id}", response_model=ForwardOut, responses=ERRORS)
+def get_forward(forward_id: int, lg: LabgateDep, who: PrincipalDep) -> dict:
+    return lg.forwards.get(who, forward_id)
+
+
+@router.patch("/{forward_id}", response_model=ForwardOut, responses=ERRORS)
+def update_forward(forward_id: int, body: ForwardPatch, lg: LabgateDep, who: PrincipalDep) -> dict:
+    """Change description, enabled, allowed_sources, name, kind or the target; a retarget is one atomic kernel
+    change and cuts the sessions still going to the old target."""
+    return lg.forwards.update(who, forward_id, body.model_dump(exclude_unset=True))
+
+
+@router.delete("/{forward_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS)
+def delete_forward(forward_id: int, lg: LabgateDep, who: PrincipalDep) -> Response:
+    lg.forwards.delete(who, forward_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

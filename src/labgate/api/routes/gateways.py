@@ -1,0 +1,15 @@
+"""/api/v1/gateways: where forwards live, their free ports and dataplane status."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from labgate.api.deps import LabgateDep, PrincipalDep
+from labgate.api.schemas import GatewayOut
+
+router = APIRouter(prefix="/api/v1/gateways", tags=["gateways"])
+
+
+@router.get("", response_model=list[GatewayOut])
+def list_gateways(lg: LabgateDep, who: PrincipalDep) -> list[dict]:
+    return lg.forwards.gateways()

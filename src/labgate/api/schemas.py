@@ -1,0 +1,104 @@
+"""Request and response bodies. Unknown fields are rejected; domain checks live in labgate.core.validation."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ForwardCreate(Strict):
+    target_address: str = Field(max_length=64, examples=["10.9.0.5"])
+    target_port: int = Field(ge=1, le=65535, examples=[22])
+    name: str | None = Field(default=None, max_length=63, examples=["centos1"])
+    kind: str | None = Field(default=None, max_length=32, examples=["centos"])
+    protocol: Literal["tcp", "udp"] = "tcp"
+    gateway: str | None = Field(default=None, max_length=32)
+    external_port: int | None = Field(default=None, ge=1, le=65535)
+    port_count: int = Field(default=1, ge=1, le=1024)
+    allowed_sources: list[str] = Field(default_factory=list, max_length=64, examples=[["203.0.113.0/24"]])
+    description: str = Field(default="", max_length=255)
+    enabled: bool = True
+
+
+class ForwardPatch(Strict):
+    description: str | None = Field(default=None, max_length=255)
+    enabled: bool | None = None
+    allowed_sources: list[str] | None = Field(default=None, max_length=64)
+    target_address: str | None = Field(default=None, max_length=64)
+    target_port: int | None = Field(default=None, ge=1, le=65535)
+    name: str | None = Field(default=None, max_length=63)
+    kind: str | None = Field(default=None, max_length=32)
+
+
+class ForwardOut(BaseModel):
+    id: int
+    gateway: str
+    protocol: str
+    external_address: str | None
+    external_port: int
+    port_count: int
+    target_address: str
+    target_port: int
+    name: str | None
+    kind: str | None
+    owner: str
+    description: str
+    enabled: bool
+    allowed_sources: list[str]
+    status: Literal["active", "disabled", "error"]
+    created_at: datetime
+    updated_at: datetime
+
+
+class Page(BaseModel):
+    count: int
+    next: str | None
+    previous: str | None
+
+
+class ForwardPage(Page):
+    results: list[ForwardOut]
+
+
+class MachineOut(BaseModel):
+    name: str
+    kind: str | None
+    owner: str
+    addresses: list[str]
+    forwards: list[ForwardOut]
+
+
+class MachinePage(Page):
+    results: list[MachineOut]
+
+
+class GatewayOut(BaseModel):
+    name: str
+    netns: str
+    external_address: str | None
+    port_ranges: list[str]
+    target_networks: list[str]
+    masquerade: bool
+    ports_total: int
+    ports_free: dict[str, int]
+    forwards: int
+    status: str
+    last_error: str | None
+    last_sync_at: float | None
+    forwards_in_kernel: int | None
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail

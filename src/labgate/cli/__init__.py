@@ -1,0 +1,1 @@
+"""The `labgate` command: server-side commands (serve, token, db, demo) and, later, the API client commands."""

@@ -1,0 +1,1 @@
+"""The rules of the domain: validation, port allocation, ownership, forwards, machines, tokens."""

@@ -1,0 +1,112 @@
+"""Checks on user input that need domain knowledge (types and lengths are checked by the API schemas)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Iterable
+
+from labgate.config import GatewayConfig
+from labgate.core.errors import InvalidInput
+
+NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62})$")
+KIND_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,31})$")
+OWNER_RE = re.compile(r"^[a-z_][a-z0-9_.@-]{0,63}$")
+MAX_SOURCES = 64
+MAX_PORT_COUNT = 1024
+
+
+def check_name(value: str | None, field: str = "name") -> str | None:
+    if value is None:
+        return None
+    if not NAME_RE.fullmatch(value):
+        raise InvalidInput(f"{field} must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit",
+                           field=field)
+    return value
+
+
+def check_kind(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not KIND_RE.fullmatch(value):
+        raise InvalidInput("kind must be 1-32 letters, digits, '.', '_' or '-'", field="kind")
+    return value
+
+
+def check_owner(value: str) -> str:
+    if not OWNER_RE.fullmatch(value):
+        raise InvalidInput("owner must be 1-64 of a-z, 0-9, '_', '.', '@', '-', starting with a letter or '_'",
+                           field="owner")
+    return value
+
+
+def check_description(value: str) -> str:
+    if len(value) > 255 or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise InvalidInput("description must be at most 255 printable characters", field="description")
+    return value
+
+
+def check_port(value: int, field: str, count: int = 1) -> int:
+    if not (1 <= value <= 65535) or value + count - 1 > 65535:
+        raise InvalidInput(f"{field} must be 1-65535 (and the whole block of {count} must fit)", field=field)
+    return value
+
+
+def check_port_count(value: int) -> int:
+    if not (1 <= value <= MAX_PORT_COUNT):
+        raise InvalidInput(f"port_count must be 1-{MAX_PORT_COUNT}", field="port_count")
+    return value
+
+
+def check_target(value: str, gateway: GatewayConfig,
+                 own_addresses: Iterable[ipaddress.IPv4Address] = ()) -> ipaddress.IPv4Address:
+    """The target must be a usable host address inside the gateway's target networks, and not the gateway."""
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        raise InvalidInput(f"target_address {value!r} is not an IP address", field="target_address") from None
+    if addr.version != 4:
+        raise InvalidInput("IPv6 targets are not supported yet", field="target_address")
+    assert isinstance(addr, ipaddress.IPv4Address)
+    if addr.is_loopback or addr.is_link_local or addr.is_multicast or addr.is_unspecified or addr.is_reserved \
+            or addr == ipaddress.IPv4Address("255.255.255.255"):
+        raise InvalidInput(f"target_address {addr} is a loopback, link-local, multicast or reserved address",
+                           field="target_address")
+    nets = [n for n in gateway.networks if addr in n]
+    if not nets:
+        raise InvalidInput(
+            f"target_address {addr} is outside the target networks of gateway {gateway.name!r} "
+            f"({', '.join(gateway.target_networks)})", field="target_address")
+    for net in nets:
+        if net.prefixlen < 31 and addr in (net.network_address, net.broadcast_address):
+            raise InvalidInput(f"target_address {addr} is the network or broadcast address of {net}",
+                               field="target_address")
+    if addr in set(own_addresses):
+        raise InvalidInput(f"target_address {addr} is an address of the gateway itself", field="target_address")
+    return addr
+
+
+def check_sources(values: list[str] | None) -> list[str]:
+    """CIDRs (or single addresses) clients may come from; normalized to network form. Empty = anyone."""
+    if not values:
+        return []
+    if len(values) > MAX_SOURCES:
+        raise InvalidInput(f"at most {MAX_SOURCES} allowed_sources", field="allowed_sources")
+    out: list[str] = []
+    for v in values:
+        try:
+            net = ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            raise InvalidInput(f"allowed_sources entry {v!r} is not an address or CIDR",
+                               field="allowed_sources") from None
+        if net.version != 4:
+            raise InvalidInput("IPv6 sources are not supported yet", field="allowed_sources")
+        if str(net) not in out:
+            out.append(str(net))
+    return out
+
+
+def check_protocol(value: str) -> str:
+    if value not in ("tcp", "udp"):
+        raise InvalidInput("protocol must be 'tcp' or 'udp'", field="protocol")
+    return value

@@ -1,0 +1,107 @@
+"""Execute nft text batches: in-process through libnftables (ctypes) when present, else the `nft` program.
+
+Both run in the calling thread's network namespace; use them from a NamespaceWorker. A batch is atomic: if any
+command fails, nothing changes, and NftError carries nft's own message.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import shutil
+import subprocess
+from typing import Any, Protocol
+
+NFT_CTX_OUTPUT_JSON = 1 << 4
+NFT_CTX_OUTPUT_TERSE = 1 << 11
+
+
+class NftError(RuntimeError):
+    """nft refused a batch; str() is nft's error text (which names the failing command)."""
+
+
+class NftRunner(Protocol):
+    def run(self, text: str, *, json_terse: bool = False) -> str:
+        """Run the batch; returns nft's output. Raises NftError when nft refuses it (nothing is then changed)."""
+        ...
+
+
+class LibNftables:
+    """libnftables.so.1 via ctypes: ~0.3 ms per small batch instead of ~7 ms for a process."""
+
+    def __init__(self) -> None:
+        lib = ctypes.CDLL("libnftables.so.1")
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
+        for fn in ("nft_ctx_buffer_output", "nft_ctx_buffer_error"):
+            getattr(lib, fn).argtypes = [ctypes.c_void_p]
+            getattr(lib, fn).restype = ctypes.c_int
+        for fn in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
+            getattr(lib, fn).argtypes = [ctypes.c_void_p]
+            getattr(lib, fn).restype = ctypes.c_char_p
+        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+        lib.nft_ctx_output_get_flags.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_output_get_flags.restype = ctypes.c_uint
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+        self._lib = lib
+        self._ctx = lib.nft_ctx_new(0)
+        if not self._ctx:
+            raise OSError("nft_ctx_new failed")
+        lib.nft_ctx_buffer_output(self._ctx)
+        lib.nft_ctx_buffer_error(self._ctx)
+        self._base_flags = lib.nft_ctx_output_get_flags(self._ctx)
+
+    def run(self, text: str, *, json_terse: bool = False) -> str:
+        lib = self._lib
+        flags = self._base_flags | (NFT_CTX_OUTPUT_JSON | NFT_CTX_OUTPUT_TERSE if json_terse else 0)
+        lib.nft_ctx_output_set_flags(self._ctx, flags)
+        rc = lib.nft_run_cmd_from_buffer(self._ctx, text.encode())
+        out = (lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode(errors="replace")
+        err = (lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(errors="replace")
+        if rc != 0:
+            raise NftError(err.strip() or f"nft failed with code {rc}")
+        return out
+
+    def close(self) -> None:
+        if self._ctx:
+            self._lib.nft_ctx_free(self._ctx)
+            self._ctx = None
+
+
+class NftProcess:
+    """The `nft` program, fed the batch on stdin."""
+
+    def __init__(self, binary: str | None = None) -> None:
+        self.binary = binary or shutil.which("nft") or "/usr/sbin/nft"
+
+    def run(self, text: str, *, json_terse: bool = False) -> str:
+        argv = [self.binary] + (["-j", "-t"] if json_terse else []) + ["-f", "-"]
+        try:
+            proc = subprocess.run(argv, input=text, capture_output=True, text=True, timeout=120)
+        except FileNotFoundError:
+            raise NftError(f"{self.binary} not found: install the nftables package") from None
+        if proc.returncode != 0:
+            raise NftError(proc.stderr.strip() or f"nft exited {proc.returncode}")
+        return proc.stdout
+
+    def close(self) -> None:
+        pass
+
+
+def open_runner(prefer_library: bool = True) -> NftRunner:
+    """libnftables when it loads, else the nft program."""
+    if prefer_library:
+        try:
+            return LibNftables()
+        except OSError:
+            pass
+    return NftProcess()
+
+
+def parse_json(output: str) -> list[dict[str, Any]]:
+    """nft -j output -> the list under "nftables" (empty for no output)."""
+    if not output.strip():
+        return []
+    return json.loads(output).get("nftables", [])

@@ -1,0 +1,330 @@
+"""Make the kernel equal the database: one GatewayDataplane per gateway, and the Dataplane that owns them all.
+
+Entry points:
+  GatewayDataplane.apply(remove, add, cut)  a partial sync (element changes in one batch) for one API change
+  GatewayDataplane.full_sync(rules)         the whole table replaced atomically from the committed state
+  Dataplane.reconcile_once()                per gateway: full sync if needed (start, failure, drift, namespace
+                                            re-created), otherwise a cheap intactness check
+Any failure sets `needs_full`, so the next pass re-renders everything. Callers hold `gateway.lock` around
+"apply + database commit" so a full sync never reads a state the kernel is about to diverge from.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from labgate.config import GatewayConfig
+from labgate.dataplane import conntrack
+from labgate.dataplane.netns import NamespaceError, NamespaceWorker
+from labgate.dataplane.nft import NftError, NftRunner, open_runner, parse_json
+from labgate.dataplane.render import (
+    CHAINS,
+    ForwardRule,
+    GatewayShape,
+    render_changes,
+    render_check,
+    render_gateway_table,
+)
+
+log = logging.getLogger("labgate.dataplane")
+
+SYNC_SECONDS = Histogram(
+    "labgate_sync_duration_seconds", "Time to apply a change to the kernel", ["gateway", "kind"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+SYNC_FAILURES = Counter("labgate_sync_failures_total", "Kernel changes that failed", ["gateway", "kind"])
+DRIFT_REPAIRS = Counter("labgate_drift_repairs_total", "Full syncs caused by drift found in the kernel", ["gateway"])
+RULES = Gauge("labgate_kernel_forwards", "Forwards present in the kernel after the last full sync", ["gateway"])
+
+
+class DataplaneError(RuntimeError):
+    """The kernel refused or could not be reached; str() says why in one line."""
+
+
+@dataclass
+class GatewayHealth:
+    status: str  # "ok", "error", "pending" (not synced yet), "off" (no dataplane)
+    last_error: str | None
+    last_full_sync_at: float | None
+    forwards_in_kernel: int | None
+
+
+class GatewayDataplane:
+    """The kernel state of one gateway: its namespace thread, its table, its addresses."""
+
+    def __init__(self, cfg: GatewayConfig, *, kernel: bool = True, runner_factory: Callable[[], NftRunner] = open_runner):
+        self.cfg = cfg
+        self.kernel = kernel
+        self.lock = threading.RLock()
+        self.needs_full = True
+        self.last_error: str | None = None
+        self.last_full_sync_at: float | None = None
+        self.forwards_in_kernel: int | None = None
+        self.external_address: ipaddress.IPv4Address | None = (
+            None if cfg.external_address == "auto" else ipaddress.IPv4Address(cfg.external_address)
+        )
+        self.local_addresses: frozenset[ipaddress.IPv4Address] = frozenset()
+        self._runner_factory = runner_factory
+        self._runner: NftRunner | None = None
+        self._runner_generation = -1
+        self.worker = NamespaceWorker(cfg.netns) if kernel else None
+
+    # --- inside the namespace thread -------------------------------------------------------------------------
+    def _nft(self, text: str, *, json_terse: bool = False) -> str:
+        assert self.worker is not None
+        if self._runner is None or self._runner_generation != self.worker.generation:
+            # A netlink socket belongs to the namespace it was opened in: re-open after re-entering.
+            if self._runner is not None:
+                self._runner.close()
+            self._runner = self._runner_factory()
+            self._runner_generation = self.worker.generation
+        return self._runner.run(text, json_terse=json_terse)
+
+    def _run(self, fn: Callable[[], object], what: str) -> object:
+        if self.worker is None:
+            return None
+        try:
+            return self.worker.run(fn)
+        except (NftError, NamespaceError, conntrack.ConntrackUnavailable, OSError, subprocess.SubprocessError) as exc:
+            self.needs_full = True
+            self.last_error = f"{what}: {exc}".splitlines()[0] if str(exc) else what
+            raise DataplaneError(self.last_error) from exc
+
+    @staticmethod
+    def _read_addresses() -> tuple[list[ipaddress.IPv4Address], ipaddress.IPv4Address | None]:
+        """All IPv4 addresses of the current namespace, and the default route's preferred one."""
+        addrs = json.loads(subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True,
+                                          check=True, timeout=10).stdout or "[]")
+        routes = json.loads(subprocess.run(["ip", "-j", "-4", "route", "show", "default"], capture_output=True,
+                                           text=True, check=True, timeout=10).stdout or "[]")
+        local = [ipaddress.IPv4Address(a["local"]) for link in addrs for a in link.get("addr_info", []) if "local" in a]
+        preferred = None
+        if routes:
+            dev = routes[0].get("dev")
+            src = routes[0].get("prefsrc")
+            if src:
+                preferred = ipaddress.IPv4Address(src)
+            else:
+                for link in addrs:
+                    if link.get("ifname") == dev:
+                        glob = [a for a in link.get("addr_info", []) if a.get("scope") == "global"]
+                        if glob:
+                            preferred = ipaddress.IPv4Address(glob[0]["local"])
+        if preferred is None:
+            glob = [ipaddress.IPv4Address(a["local"]) for link in addrs for a in link.get("addr_info", [])
+                    if a.get("scope") == "global"]
+            preferred = glob[0] if glob else None
+        return local, preferred
+
+    # --- public ----------------------------------------------------------------------------------------------
+    def refresh_addresses(self) -> None:
+        """Learn the namespace's own addresses (targets may not be one) and, for "auto", the external address."""
+        if self.worker is None:
+            return
+        local, preferred = self._run(self._read_addresses, "reading addresses")  # type: ignore[misc]
+        self.local_addresses = frozenset(local)
+        if self.cfg.external_address == "auto":
+            if preferred is None:
+                self.last_error = "external_address is 'auto' but the namespace has no global IPv4 address"
+                raise DataplaneError(self.last_error)
+            self.external_address = preferred
+
+    def shape(self) -> GatewayShape:
+        if self.external_address is None:
+            raise DataplaneError(self.last_error or "the gateway's external address is not known yet")
+        return GatewayShape(self.cfg.table_name, self.external_address, tuple(self.cfg.ranges), self.cfg.masquerade)
+
+    def apply(self, remove: Iterable[ForwardRule], add: Iterable[ForwardRule], cut: Iterable[int] = ()) -> None:
+        """Partial sync: delete `remove`'s elements, add `add`'s, in one batch; then cut conntrack marks `cut`.
+
+        Raises DataplaneError if the kernel refuses (it is then unchanged) or the namespace is gone.
+        """
+        if self.worker is None:
+            return
+        remove, add, cut = list(remove), list(add), sorted(set(cut))
+        text = render_changes(self.shape(), remove, add)
+        started = time.perf_counter()
+
+        def job() -> None:
+            if text:
+                self._nft(text)
+            if cut:
+                self._cut_in_namespace(cut)
+
+        try:
+            self._run(job, "applying change")
+        except DataplaneError:
+            SYNC_FAILURES.labels(self.cfg.name, "partial").inc()
+            raise
+        SYNC_SECONDS.labels(self.cfg.name, "partial").observe(time.perf_counter() - started)
+        if self.forwards_in_kernel is not None:
+            self.forwards_in_kernel += len(add) - len(remove)
+
+    def _cut_in_namespace(self, marks: list[int]) -> None:
+        # The rule change is already in the kernel: a conntrack failure must not undo it, only be reported.
+        try:
+            conntrack.delete_by_marks(marks)
+        except (conntrack.ConntrackUnavailable, OSError, subprocess.SubprocessError) as exc:
+            self.last_error = f"cutting open connections: {exc}"
+            log.error("event=conntrack_failed gateway=%s marks=%s error=%r", self.cfg.name, marks, str(exc))
+
+    def cut(self, marks: Iterable[int]) -> None:
+        """Delete the conntrack entries of these forward ids (established sessions through them stop)."""
+        marks = sorted(set(marks))
+        if self.worker is not None and marks:
+            self._run(lambda: self._cut_in_namespace(marks), "cutting connections")
+
+    def full_sync(self, rules: list[ForwardRule]) -> None:
+        """Replace the whole table with `rules` in one atomic batch. Raises DataplaneError on failure."""
+        if self.worker is None:
+            self.needs_full = False
+            return
+        started = time.perf_counter()
+        try:
+            self.refresh_addresses()
+            text = render_gateway_table(self.shape(), rules)
+            self._run(lambda: self._nft(text), "full sync")
+        except DataplaneError:
+            SYNC_FAILURES.labels(self.cfg.name, "full").inc()
+            raise
+        elapsed = time.perf_counter() - started
+        SYNC_SECONDS.labels(self.cfg.name, "full").observe(elapsed)
+        RULES.labels(self.cfg.name).set(len(rules))
+        self.needs_full = False
+        self.last_error = None
+        self.last_full_sync_at = time.time()
+        self.forwards_in_kernel = len(rules)
+        log.info("event=full_sync gateway=%s forwards=%d seconds=%.3f", self.cfg.name, len(rules), elapsed)
+
+    def intact(self) -> bool:
+        """Cheap drift check: the table exists in the current namespace with every chain and rule in place."""
+        if self.worker is None:
+            return True
+        if self.external_address is None:
+            return False
+        try:
+            out = self._run(lambda: self._nft(render_check(self.shape()), json_terse=True), "checking table")
+        except DataplaneError:
+            return False
+        rules: dict[str, int] = {name: 0 for name in CHAINS}
+        chains = set()
+        for item in parse_json(str(out)):
+            if "chain" in item:
+                chains.add(item["chain"]["name"])
+            elif "rule" in item and item["rule"].get("chain") in rules:
+                rules[item["rule"]["chain"]] += 1
+        expected = dict(CHAINS)
+        if not self.cfg.masquerade:
+            expected["postrouting"] = 0
+        return chains == set(CHAINS) and rules == expected
+
+    def remove_table(self) -> None:
+        """Delete labgate's table for this gateway (used by `demo --down` and tests); no error if absent."""
+        if self.worker is None or not self.worker.exists():
+            return
+        t = self.cfg.table_name
+        self._run(lambda: self._nft(f"add table ip {t}\ndelete table ip {t}\n"), "removing table")
+
+    def health(self) -> GatewayHealth:
+        if self.worker is None:
+            status = "off"
+        elif self.last_error and self.needs_full:
+            status = "error"
+        elif self.last_full_sync_at is None:
+            status = "pending"
+        else:
+            status = "ok"
+        return GatewayHealth(status, self.last_error, self.last_full_sync_at, self.forwards_in_kernel)
+
+    def close(self) -> None:
+        if self.worker is not None:
+            runner = self._runner
+            if runner is not None:
+                try:
+                    self.worker.run(runner.close, timeout=5)
+                except Exception:  # noqa: BLE001 - closing on shutdown must not raise
+                    pass
+            self.worker.close()
+
+
+RulesLoader = Callable[[GatewayDataplane], list[ForwardRule]]
+
+
+class Dataplane:
+    """All gateways of this process, and the loop that keeps each one equal to the database."""
+
+    def __init__(self, gateways: list[GatewayConfig], load_rules: RulesLoader, *, kernel: bool = True,
+                 interval: float = 30.0, runner_factory: Callable[[], NftRunner] = open_runner) -> None:
+        self.gateways = {g.name: GatewayDataplane(g, kernel=kernel, runner_factory=runner_factory) for g in gateways}
+        self.load_rules = load_rules
+        self.interval = interval
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def get(self, name: str) -> GatewayDataplane | None:
+        return self.gateways.get(name)
+
+    def reconcile_gateway(self, gw: GatewayDataplane) -> bool:
+        """Full sync if needed or drifted; returns True if the gateway is in sync afterwards."""
+        with gw.lock:
+            drifted = False
+            if not gw.needs_full:
+                drifted = not gw.intact()
+                if drifted:
+                    log.warning("event=drift gateway=%s action=full_sync", gw.cfg.name)
+                    DRIFT_REPAIRS.labels(gw.cfg.name).inc()
+            if gw.needs_full or drifted:
+                try:
+                    gw.full_sync(self.load_rules(gw))
+                except DataplaneError as exc:
+                    log.error("event=sync_failed gateway=%s error=%r", gw.cfg.name, str(exc))
+                    return False
+                except Exception as exc:  # noqa: BLE001 - e.g. the database is briefly unavailable
+                    gw.needs_full = True
+                    gw.last_error = f"loading forwards: {exc}"
+                    log.exception("event=sync_failed gateway=%s", gw.cfg.name)
+                    return False
+            return True
+
+    def reconcile_once(self) -> bool:
+        return all([self.reconcile_gateway(gw) for gw in self.gateways.values()])
+
+    def request_full_sync(self, name: str) -> None:
+        """Mark a gateway dirty and wake the loop now (after a failed partial change or commit)."""
+        gw = self.gateways.get(name)
+        if gw is not None:
+            gw.needs_full = True
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.reconcile_once()
+            except Exception:  # noqa: BLE001 - the loop must survive anything
+                log.exception("event=reconcile_crashed")
+            # Retry sooner while something is broken; otherwise wait the interval (or a wake-up).
+            pending = any(gw.needs_full for gw in self.gateways.values())
+            self._wake.wait(min(self.interval, 2.0) if pending else self.interval)
+            self._wake.clear()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="reconcile", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for gw in self.gateways.values():
+            gw.close()

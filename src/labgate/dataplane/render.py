@@ -1,0 +1,167 @@
+"""Pure rendering of a gateway's desired forwards into nftables text (no I/O, unit-testable without root).
+
+Design (see docs/design.md): static chains, dynamic maps. The rules never change when forwards change; only map
+elements do, so the cost of matching a packet does not depend on how many forwards exist and a change is a few
+element operations in one atomic batch.
+
+  ids       (external address . protocol . external port) -> forward id, stored in the connection mark
+  targets   (external address . protocol . external port) -> (target address . target port), used by dnat
+  restricted / sources   forwards with allowed_sources, checked in a filter chain on the forward hook
+
+A block of N ports (port_count) is N elements in each map, so port p of the block goes to target_port + (p - start).
+Every value written here comes from a `ForwardRule`, whose constructor only accepts parsed addresses and integers:
+no user text can reach the nft parser.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Iterable
+
+PROTOCOLS = ("tcp", "udp")
+MAX_MARK = 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class ForwardRule:
+    """What the kernel must do for one enabled forward. Raises ValueError on anything not well-formed."""
+
+    id: int
+    protocol: str
+    external_address: ipaddress.IPv4Address
+    external_port: int
+    target_address: ipaddress.IPv4Address
+    target_port: int
+    port_count: int = 1
+    allowed_sources: tuple[ipaddress.IPv4Network, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.id, int) and 0 < self.id <= MAX_MARK):
+            raise ValueError(f"forward id {self.id!r} is not a valid mark")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol {self.protocol!r} is not one of {PROTOCOLS}")
+        for name in ("external_address", "target_address"):
+            if not isinstance(getattr(self, name), ipaddress.IPv4Address):
+                raise ValueError(f"{name} must be an IPv4Address")
+        if not isinstance(self.port_count, int) or self.port_count < 1:
+            raise ValueError("port_count must be a positive integer")
+        for name in ("external_port", "target_port"):
+            port = getattr(self, name)
+            if not (isinstance(port, int) and 1 <= port and port + self.port_count - 1 <= 65535):
+                raise ValueError(f"{name} {port!r} (+{self.port_count - 1}) is outside 1-65535")
+        if not all(isinstance(n, ipaddress.IPv4Network) for n in self.allowed_sources):
+            raise ValueError("allowed_sources must be IPv4Network values")
+
+    def keys(self) -> list[str]:
+        return [f"{self.external_address} . {self.protocol} . {self.external_port + i}" for i in range(self.port_count)]
+
+    def id_elements(self) -> list[str]:
+        return [f"{k} : {self.id}" for k in self.keys()]
+
+    def target_elements(self) -> list[str]:
+        return [
+            f"{k} : {self.target_address} . {self.target_port + i}" for i, k in enumerate(self.keys())
+        ]
+
+    def source_elements(self) -> list[str]:
+        return [f"{self.id} . {net}" for net in self.allowed_sources]
+
+
+@dataclass(frozen=True)
+class GatewayShape:
+    """The static part of a gateway's table: its name, external address, port ranges, masquerading."""
+
+    table: str
+    external_address: ipaddress.IPv4Address
+    port_ranges: tuple[tuple[int, int], ...]
+    masquerade: bool
+
+    def __post_init__(self) -> None:
+        if not self.table.replace("_", "").isalnum() or not self.table[0].isalpha():
+            raise ValueError(f"table name {self.table!r} is not a plain identifier")
+        if not isinstance(self.external_address, ipaddress.IPv4Address):
+            raise ValueError("external_address must be an IPv4Address")
+        for low, high in self.port_ranges:
+            if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high <= 65535):
+                raise ValueError(f"bad port range {low}-{high}")
+
+
+# Chain names and the number of rules each holds: reconcile uses this to notice a flushed table.
+CHAINS = {"prerouting": 1, "forward": 1, "postrouting": 1}
+
+
+def _elements(items: list[str]) -> str:
+    return "elements = { " + ", ".join(items) + " }" if items else ""
+
+
+def render_gateway_table(shape: GatewayShape, rules: Iterable[ForwardRule]) -> str:
+    """The whole table as one batch that atomically replaces any previous version of it (and only it)."""
+    ids: list[str] = []
+    targets: list[str] = []
+    restricted: list[str] = []
+    sources: list[str] = []
+    for rule in rules:
+        ids.extend(rule.id_elements())
+        targets.extend(rule.target_elements())
+        if rule.allowed_sources:
+            restricted.append(str(rule.id))
+            sources.extend(rule.source_elements())
+    t = shape.table
+    ext = shape.external_address
+    ranges = ", ".join(f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in shape.port_ranges)
+    masq = (
+        f"    ct status dnat ct original ip daddr {ext} meta l4proto {{ tcp, udp }} "
+        f"ct original proto-dst {{ {ranges} }} masquerade\n"
+        if shape.masquerade
+        else ""
+    )
+    return (
+        # "add" then "delete" makes the delete valid whether or not the table exists; all of it is one transaction.
+        f"add table ip {t}\n"
+        f"delete table ip {t}\n"
+        f"table ip {t} {{\n"
+        f"  map ids {{ type ipv4_addr . inet_proto . inet_service : mark; {_elements(ids)} }}\n"
+        f"  map targets {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; {_elements(targets)} }}\n"
+        f"  set restricted {{ type mark; {_elements(restricted)} }}\n"
+        f"  set sources {{ type mark . ipv4_addr; flags interval; {_elements(sources)} }}\n"
+        f"  chain prerouting {{\n"
+        f"    type nat hook prerouting priority dstnat - 10; policy accept;\n"
+        f"    meta l4proto {{ tcp, udp }} ct mark set ip daddr . meta l4proto . th dport map @ids "
+        f"dnat ip to ip daddr . meta l4proto . th dport map @targets\n"
+        f"  }}\n"
+        f"  chain forward {{\n"
+        f"    type filter hook forward priority filter - 10; policy accept;\n"
+        f"    ct direction original ct status dnat ct original ip daddr {ext} "
+        f"ct mark @restricted ct mark . ip saddr != @sources drop\n"
+        f"  }}\n"
+        f"  chain postrouting {{\n"
+        f"    type nat hook postrouting priority srcnat - 10; policy accept;\n"
+        f"{masq}"
+        f"  }}\n"
+        f"}}\n"
+    )
+
+
+def render_changes(shape: GatewayShape, remove: Iterable[ForwardRule], add: Iterable[ForwardRule]) -> str:
+    """Element deletions then additions, as one batch: a retarget is the old rule removed and the new one added."""
+    t = shape.table
+    lines: list[str] = []
+
+    def op(verb: str, where: str, items: list[str]) -> None:
+        if items:
+            lines.append(f"{verb} element ip {t} {where} {{ {', '.join(items)} }}")
+
+    for verb, rules in (("delete", list(remove)), ("add", list(add))):
+        for rule in rules:
+            op(verb, "ids", rule.keys() if verb == "delete" else rule.id_elements())
+            op(verb, "targets", rule.keys() if verb == "delete" else rule.target_elements())
+            if rule.allowed_sources:
+                op(verb, "restricted", [str(rule.id)])
+                op(verb, "sources", rule.source_elements())
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def render_check(shape: GatewayShape) -> str:
+    """A cheap command whose (terse, JSON) output lets reconcile see whether the table is intact."""
+    return f"list table ip {shape.table}"

@@ -1,0 +1,1 @@
+"""Persistence: the tables (models), engine and sessions (session), schema migrations (migrate)."""

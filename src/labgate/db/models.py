@@ -1,0 +1,97 @@
+"""The tables. The database is the truth; the kernel rules are derived from these rows."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every backend (SQLite hands back naive values otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Token(Base):
+    """An API credential. Only the SHA-256 of the secret is kept; the secret is shown once at creation."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Forward(Base):
+    """One forward: external (gateway, protocol, port[, block]) -> target address and port."""
+
+    __tablename__ = "forwards"
+    # Ids are connection marks in the kernel: never reuse one (SQLite AUTOINCREMENT; sequences elsewhere).
+    __table_args__ = (
+        Index("ix_forwards_owner_name", "owner", "name"),
+        Index("ix_forwards_target", "target_address", "target_port"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    gateway: Mapped[str] = mapped_column(String(32), index=True)
+    protocol: Mapped[str] = mapped_column(String(3))
+    external_port: Mapped[int] = mapped_column(Integer)
+    port_count: Mapped[int] = mapped_column(Integer, default=1)
+    target_address: Mapped[str] = mapped_column(String(45))
+    target_port: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str | None] = mapped_column(String(63), nullable=True)
+    kind: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(255), default="")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    allowed_sources: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class PortAllocation(Base):
+    """One row per external port a forward holds: the primary key makes two holders impossible."""
+
+    __tablename__ = "port_allocations"
+    __table_args__ = (UniqueConstraint("gateway", "protocol", "port", name="uq_port_allocation"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    gateway: Mapped[str] = mapped_column(String(32))
+    protocol: Mapped[str] = mapped_column(String(3))
+    port: Mapped[int] = mapped_column(Integer)
+    forward_id: Mapped[int] = mapped_column(ForeignKey("forwards.id", ondelete="CASCADE"), index=True)
