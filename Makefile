@@ -1,0 +1,43 @@
+# Quick start on a fresh Debian/Ubuntu machine: `make run` (start the service) and `make test` (run every test).
+# Both install what is missing: Debian packages when run as root, and a virtualenv in .venv.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+APT_PACKAGES = nftables iproute2 conntrack iputils-ping python3-venv
+CONFIG ?=
+
+.PHONY: run test bench deps system-deps lint clean demo
+
+$(BIN)/python:
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { $(MAKE) --no-print-directory system-deps && $(PYTHON) -m venv $(VENV); }
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,postgres]'
+	@touch $@
+
+deps: system-deps $(VENV)/.installed
+
+# Debian packages the dataplane needs; skipped quietly when they are all present.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages:$$missing (run as root, or: sudo apt-get install$$missing)"; fi; \
+	fi
+
+run: deps
+	$(BIN)/labgate serve $(if $(CONFIG),--config $(CONFIG))
+
+test: deps
+	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+
+bench: deps
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+demo: deps
+	$(BIN)/labgate demo
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,59 @@
+"""Test harness: a real labgate server (uvicorn on a free loopback port, real database) in this process."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import httpx
+import uvicorn
+
+from labgate.api.app import create_app
+from labgate.config import Settings
+from labgate.core.service import Labgate
+from labgate.core.tokens import create_token
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    labgate: Labgate
+
+    def token(self, owner: str, admin: bool = False) -> str:
+        return create_token(self.labgate.db, owner, admin=admin)
+
+    def client(self, token: str | None = None, **kw) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kw)
+
+
+@contextmanager
+def running_server(settings: Settings) -> Iterator[Server]:
+    """Start labgate on a free port; stop it (and its dataplane threads) on exit, even after a failure."""
+    port = free_port()
+    settings.server.listen = f"127.0.0.1:{port}"
+    lg = Labgate(settings)
+    config = uvicorn.Config(create_app(lg), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("labgate server did not start")
+        time.sleep(0.02)
+    try:
+        yield Server(f"http://127.0.0.1:{port}", lg)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
