@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-APT_PACKAGES = nftables iproute2 conntrack iputils-ping python3-venv
+APT_PACKAGES = nftables iproute2 conntrack iputils-ping python3-venv postgresql
 CONFIG ?=
 
 .PHONY: run test bench deps system-deps lint clean demo
