@@ -4,10 +4,12 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-APT_PACKAGES = nftables iproute2 conntrack iputils-ping python3-venv postgresql
+RUN_PACKAGES  = nftables iproute2 conntrack python3-venv
+TEST_PACKAGES = $(RUN_PACKAGES) iputils-ping postgresql
+APT_PACKAGES ?= $(RUN_PACKAGES)
 CONFIG ?=
 
-.PHONY: run test bench deps system-deps lint clean demo
+.PHONY: run test bench deps test-deps system-deps clean demo
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { $(MAKE) --no-print-directory system-deps && $(PYTHON) -m venv $(VENV); }
@@ -18,6 +20,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	@touch $@
 
 deps: system-deps $(VENV)/.installed
+
+test-deps:
+	@$(MAKE) --no-print-directory system-deps APT_PACKAGES='$(TEST_PACKAGES)'
 
 # Debian packages the dataplane needs; skipped quietly when they are all present.
 system-deps:
@@ -30,7 +35,7 @@ system-deps:
 run: deps
 	$(BIN)/labgate serve $(if $(CONFIG),--config $(CONFIG))
 
-test: deps
+test: test-deps deps
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
 bench: deps

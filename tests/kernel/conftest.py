@@ -1,0 +1,68 @@
+"""Kernel tests: real nftables in namespaces these tests create and remove. They need root, nft, ip and conntrack;
+when those are missing the tests fail (never skip), so a CI run cannot pass without exercising the kernel."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from labgate.config import GatewayConfig
+from labgate.lab import create_lab, destroy_lab
+
+REQUIRED = ("nft", "ip", "conntrack")
+
+
+@pytest.fixture(autouse=True)
+def _kernel_prerequisites():
+    missing = [b for b in REQUIRED if shutil.which(b) is None and not os.path.exists(f"/usr/sbin/{b}")]
+    if os.geteuid() != 0 or missing:
+        pytest.fail(f"kernel tests need root and {', '.join(REQUIRED)} (missing: {missing or 'root'}); "
+                    "run `make test` as root", pytrace=False)
+
+
+@pytest.fixture
+def lab():
+    built = create_lab("lg" + uuid.uuid4().hex[:6])
+    try:
+        yield built
+    finally:
+        destroy_lab(built)
+
+
+@pytest.fixture
+def lab2():
+    built = create_lab("lg" + uuid.uuid4().hex[:6], subnet_index=1)
+    try:
+        yield built
+    finally:
+        destroy_lab(built)
+
+
+def gateway_for(lab, name: str = "lab", **kw) -> GatewayConfig:
+    args = dict(name=name, netns=lab.gateway_ns, external_address=lab.external_address, port_range=["4000-4100"],
+                target_networks=[lab.lab_network], masquerade=True)
+    args.update(kw)
+    return GatewayConfig(**args)
+
+
+_ELEM = re.compile(r"(\d+\.\d+\.\d+\.\d+) \. (tcp|udp) \. (\d+) : 0x([0-9a-f]+)")
+
+
+def kernel_ids(ns: str, table: str) -> dict[tuple[str, int], int]:
+    """{(protocol, external port): forward id} as the kernel has it now (empty if the table is missing)."""
+    proc = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "map", "ip", table, "ids"],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        return {}
+    return {(m.group(2), int(m.group(3))): int(m.group(4), 16) for m in _ELEM.finditer(proc.stdout)}
+
+
+def nft_tables(ns: str) -> list[str]:
+    out = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "tables"], capture_output=True, text=True,
+                         check=True).stdout
+    return sorted(line.strip() for line in out.splitlines() if line.strip())
