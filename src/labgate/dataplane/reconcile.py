@@ -284,15 +284,20 @@ class Dataplane:
                     log.warning("event=drift gateway=%s action=full_sync", gw.cfg.name)
                     DRIFT_REPAIRS.labels(gw.cfg.name).inc()
             if gw.needs_full or drifted:
+                previous = gw.last_error
                 try:
+                    gw.refresh_addresses()  # an "auto" external address must be known before rules are built
                     gw.full_sync(self.load_rules(gw))
                 except DataplaneError as exc:
-                    log.error("event=sync_failed gateway=%s error=%r", gw.cfg.name, str(exc))
+                    # A persistent failure is logged once, not every retry.
+                    if str(exc) != previous:
+                        log.error("event=sync_failed gateway=%s error=%r", gw.cfg.name, str(exc))
                     return False
                 except Exception as exc:  # noqa: BLE001 - e.g. the database is briefly unavailable
                     gw.needs_full = True
                     gw.last_error = f"loading forwards: {exc}"
-                    log.exception("event=sync_failed gateway=%s", gw.cfg.name)
+                    if gw.last_error != previous:
+                        log.exception("event=sync_failed gateway=%s", gw.cfg.name)
                     return False
             return True
 
