@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 
 from labgate.api.deps import LabgateDep, PrincipalDep
 from labgate.api.routes.pagination import Limit, Offset, page
@@ -12,6 +12,7 @@ from labgate.api.schemas import ErrorOut, ForwardCreate, ForwardOut, ForwardPage
 from labgate.core.forwards import ForwardFilter, ForwardSpec
 
 router = APIRouter(prefix="/api/v1/forwards", tags=["forwards"])
+ForwardId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the forward's id")]
 ERRORS = {401: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 422: {"model": ErrorOut},
           503: {"model": ErrorOut}}
 
@@ -46,18 +47,18 @@ def list_forwards(
 
 
 @router.get("/{forward_id}", response_model=ForwardOut, responses=ERRORS)
-def get_forward(forward_id: int, lg: LabgateDep, who: PrincipalDep) -> dict:
+def get_forward(forward_id: ForwardId, lg: LabgateDep, who: PrincipalDep) -> dict:
     return lg.forwards.get(who, forward_id)
 
 
 @router.patch("/{forward_id}", response_model=ForwardOut, responses=ERRORS)
-def update_forward(forward_id: int, body: ForwardPatch, lg: LabgateDep, who: PrincipalDep) -> dict:
+def update_forward(forward_id: ForwardId, body: ForwardPatch, lg: LabgateDep, who: PrincipalDep) -> dict:
     """Change description, enabled, allowed_sources, name, kind or the target; a retarget is one atomic kernel
     change and cuts the sessions still going to the old target."""
     return lg.forwards.update(who, forward_id, body.model_dump(exclude_unset=True))
 
 
 @router.delete("/{forward_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS)
-def delete_forward(forward_id: int, lg: LabgateDep, who: PrincipalDep) -> Response:
+def delete_forward(forward_id: ForwardId, lg: LabgateDep, who: PrincipalDep) -> Response:
     lg.forwards.delete(who, forward_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import Query, Request
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="page size (max 1000)")]
-Offset = Annotated[int, Query(ge=0, description="items to skip")]
+Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="items to skip")]
 
 
 def page(request: Request, total: int, results: list[Any], limit: int, offset: int) -> dict[str, Any]:
