@@ -112,6 +112,22 @@ def db_upgrade(config: ConfigOpt = None) -> None:
     typer.echo(f"database at revision {current_revision(db.engine)}")
 
 
+@app.command()
+def demo(
+    down: Annotated[bool, typer.Option("--down", help="remove the demo lab and everything it made")] = False,
+    prefix: Annotated[str, typer.Option(help="name prefix of the demo's namespaces (1-11 characters)")] = "lgdemo",
+    port: Annotated[int, typer.Option(help="port the demo's API listens on (127.0.0.1)")] = 3080,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="keep serving after the show until Ctrl-C")] = True,
+) -> None:
+    """Build a throwaway lab in network namespaces (as root), forward into it through the API, show it working."""
+    from labgate.cli import demo as demo_mod
+
+    if down:
+        demo_mod.down(prefix)
+    else:
+        demo_mod.run_demo(prefix, port, wait)
+
+
 @app.command("config")
 def show_config(config: ConfigOpt = None) -> None:
     """Print the effective configuration as JSON."""
