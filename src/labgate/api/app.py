@@ -55,7 +55,8 @@ def create_app(lg: Labgate, *, manage_lifecycle: bool = True) -> FastAPI:
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-        field = ".".join(loc) or None
+        # For a JSON syntax error the "location" is a character offset, not a field.
+        field = None if first.get("type") == "json_invalid" else (".".join(loc) or None)
         msg = first.get("msg", "invalid request")
         if first.get("type") == "extra_forbidden":
             msg = "unknown field"
@@ -63,6 +64,9 @@ def create_app(lg: Labgate, *, manage_lifecycle: bool = True) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # A body that cannot be decoded at all is invalid input like any other: 422, one error shape.
+            return _error(422, "invalid", f"the request body is not valid JSON: {exc.detail}")
         code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
 

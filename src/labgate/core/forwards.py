@@ -302,6 +302,9 @@ class ForwardService:
         unknown = set(changes) - PATCHABLE
         if unknown:
             raise InvalidInput(f"cannot change {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
+        for required in ("target_address", "target_port", "enabled"):
+            if required in changes and changes[required] is None:
+                raise InvalidInput(f"{required} cannot be null", field=required)
         with self.db.writer() as s:
             fwd = self._owned(s, principal, forward_id, lock=True)
             cfg, gwdp = self._gateway(fwd.gateway)
@@ -324,8 +327,6 @@ class ForwardService:
             if "kind" in changes:
                 fwd.kind = v.check_kind(changes["kind"])
             if "enabled" in changes:
-                if changes["enabled"] is None:
-                    raise InvalidInput("enabled must be true or false", field="enabled")
                 fwd.enabled = bool(changes["enabled"])
             new_rule = rule_of(fwd, ext) if fwd.enabled else None
             if new_rule != old_rule:
