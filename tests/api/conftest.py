@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -45,6 +46,13 @@ def db_count(url: str, table: str = "forwards") -> int:
         return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
     finally:
         con.close()
+
+
+def parse_time(text: str) -> datetime:
+    """An API timestamp; it must carry its time zone."""
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    assert value.tzinfo is not None, f"timestamp {text!r} has no timezone"
+    return value
 
 
 def assert_error(resp: httpx.Response, status: int, code: str, field: str | None = ...) -> dict[str, Any]:

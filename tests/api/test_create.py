@@ -6,17 +6,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.api.conftest import FORWARDS, Api, api_for, assert_error, db_count, db_rows, gw
+from tests.api.conftest import FORWARDS, Api, api_for, assert_error, db_count, db_rows, gw, parse_time
 
 CONTRACT_FIELDS = {"id", "target_address", "target_port", "name", "kind", "protocol", "gateway", "external_port",
                    "port_count", "allowed_sources", "description", "enabled", "owner", "external_address", "status",
                    "created_at", "updated_at"}
-
-
-def parse_time(text: str) -> datetime:
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    assert value.tzinfo is not None, f"timestamp {text!r} has no timezone"
-    return value
 
 
 def test_201_body_has_every_field_of_the_contract(api: Api) -> None:
@@ -55,6 +49,13 @@ def test_disabled_forward_has_status_disabled_and_still_holds_its_port(api: Api)
     assert fwd["enabled"] is False and fwd["status"] == "disabled"
     assert fwd["external_port"] == 4000
     assert api.create()["external_port"] == 4001
+
+
+def test_unicode_description_round_trips(api: Api) -> None:
+    text = "café ☕ – Straße 東京 " + "é" * 200
+    fwd = api.create(description=text[:255])
+    assert fwd["description"] == text[:255]
+    assert api.alice.get(f"{FORWARDS}/{fwd['id']}").json()["description"] == text[:255]
 
 
 def test_allowed_sources_are_normalized_to_networks(api: Api) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
-from tests.api.conftest import FORWARDS, Api, assert_error, db_rows
+from tests.api.conftest import FORWARDS, Api, api_for, assert_error, db_rows, parse_time
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def test_patch_description_is_reflected_and_bumps_updated_at(api: Api, fwd: dict
     out = resp.json()
     assert out["description"] == "new words"
     assert out["created_at"] == fwd["created_at"]
-    assert out["updated_at"] > fwd["updated_at"]
+    assert parse_time(out["updated_at"]) > parse_time(fwd["updated_at"])
     unchanged = {k: v for k, v in fwd.items() if k not in ("description", "updated_at")}
     assert {k: out[k] for k in unchanged} == unchanged
     assert api.alice.get(f"{FORWARDS}/{fwd['id']}").json() == out
@@ -77,6 +77,7 @@ def test_patch_with_an_empty_body_changes_nothing(api: Api, fwd: dict) -> None:
 
 
 BAD_PATCHES: list[tuple[dict[str, Any], str]] = [
+    ({"allowed_sources": None}, "allowed_sources"),  # opening to anyone must be said with []
     ({"foo": 1}, "foo"),
     ({"protocol": "udp"}, "protocol"),
     ({"external_port": 4050}, "external_port"),
@@ -112,19 +113,45 @@ BAD_PATCHES: list[tuple[dict[str, Any], str]] = [
 ]
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, dict[str, Any]]]:
+    """One server and one forward for the refused patches (each asserts it changed nothing)."""
+    with api_for(f"sqlite:///{tmp_path_factory.mktemp('patch')}/labgate.db") as api:
+        yield api, api.create(name="centos1", kind="centos", description="ssh", allowed_sources=["203.0.113.0/24"])
+
+
 @pytest.mark.parametrize("changes,field", BAD_PATCHES, ids=[str(c)[:50] for c, _ in BAD_PATCHES])
-def test_invalid_patch_is_422_and_changes_nothing(api: Api, fwd: dict, changes: dict, field: str) -> None:
+def test_invalid_patch_is_422_and_changes_nothing(shared: tuple[Api, dict], changes: dict, field: str) -> None:
+    api, fwd = shared
     before = db_rows(api.url)
     assert_error(patch(api, fwd["id"], **changes), 422, "invalid", field)
     assert db_rows(api.url) == before
     assert api.alice.get(f"{FORWARDS}/{fwd['id']}").json() == fwd
 
 
+def test_nasty_patches_never_cause_a_500_nor_a_change(shared: tuple[Api, dict]) -> None:
+    api, fwd = shared
+    before = db_rows(api.url)
+    nasty: list[Any] = [None, [], "x", 5, [{"description": "x"}], {"": 1}, {"target_port": 2**64},
+                        {"target_port": -(2**64)}, {"target_address": "A" * 100_000}, {"description": "A" * 100_000},
+                        {"allowed_sources": ["10.0.0.0/8"] * 100}, {"allowed_sources": [None]},
+                        {"allowed_sources": [["10.0.0.0/8"]]}, {"name": "x\x00"}, {"kind": {"a": 1}},
+                        {"enabled": 2}, {"enabled": "2"}, {"target_port": 1e308},
+                        {"target_address": 167837957}, {"description": ["a"]}]
+    for data in nasty:
+        resp = api.alice.patch(f"{FORWARDS}/{fwd['id']}", json=data)
+        assert 400 <= resp.status_code < 500, (repr(data)[:100], resp.status_code, resp.text[:300])
+        assert db_rows(api.url) == before, repr(data)[:100]
+    for raw in (b"{", b"", b"\xff", b"[" * 20_000, b'{"description": "a", "description": 5}'):
+        resp = api.alice.patch(f"{FORWARDS}/{fwd['id']}", content=raw, headers={"Content-Type": "application/json"})
+        assert 400 <= resp.status_code < 500, (raw[:40], resp.status_code, resp.text[:300])
+        assert db_rows(api.url) == before, raw[:40]
+    assert api.alice.get(f"{FORWARDS}/{fwd['id']}").json() == fwd
+
+
 def test_patch_target_port_null_is_422_not_500(api: Api, fwd: dict) -> None:
-    """BUG: PATCH {"target_port": null} passes the schema (ForwardPatch.target_port is `int | None`) and
-    ForwardService.update (core/forwards.py, `v.check_port(changes["target_port"], ...)`) calls
-    validation.check_port(None, ...), whose `1 <= value` raises TypeError: the API answers 500 "internal".
-    It should be a 422 "invalid" naming target_port (as {"enabled": null} already is)."""
+    """Regression (bug found by this suite, fixed in f24b31e): PATCH {"target_port": null} passed the schema and
+    ForwardService.update called validation.check_port(None, ...), whose `1 <= value` raised TypeError: a 500."""
     before = db_rows(api.url)
     resp = patch(api, fwd["id"], target_port=None)
     assert resp.status_code != 500, resp.text

@@ -209,8 +209,8 @@ def test_malformed_or_non_object_json_is_422(shared: Api, raw: bytes) -> None:
 
 
 def test_malformed_json_names_no_field(shared: Api) -> None:
-    """BUG (minor): a JSON syntax error reports field "1" (the position of the error inside the body, taken from
-    pydantic's loc ("body", 1)) instead of no field; see labgate/api/app.py _validation."""
+    """Regression (bug found by this suite, fixed in f24b31e): a JSON syntax error reported field "1" (the character
+    offset from pydantic's loc ("body", 1)) instead of no field (labgate/api/app.py _validation)."""
     resp = shared.alice.post(FORWARDS, content=b"{bad", headers={"Content-Type": "application/json"})
     err = assert_error(resp, 422, "invalid")
     assert err["field"] is None, f"field should be null for a JSON syntax error, got {err['field']!r}"
@@ -219,8 +219,8 @@ def test_malformed_json_names_no_field(shared: Api) -> None:
 @pytest.mark.parametrize("raw", [pytest.param(b'{"target_address": "\xff\xfe", "target_port": 22}', id="bad-utf8"),
                                  pytest.param(b"[" * 50000, id="deeply-nested")])
 def test_undecodable_json_is_422_invalid(shared: Api, raw: bytes) -> None:
-    """BUG (minor, contract): a body that is not decodable JSON gets 400 {"code": "http_error"} from FastAPI's
-    generic body-parsing error, where the contract promises 422 "invalid" for invalid input."""
+    """Regression (bug found by this suite, fixed in f24b31e): a body that is not decodable JSON got 400
+    {"code": "http_error"} from FastAPI's generic body-parsing error; the contract promises 422 "invalid"."""
     resp = shared.alice.post(FORWARDS, content=raw, headers={"Content-Type": "application/json"})
     assert resp.status_code < 500
     assert_error(resp, 422, "invalid")
@@ -258,12 +258,27 @@ def test_non_integer_forward_id_is_422(shared: Api, path: str) -> None:
         assert_error(resp, 422, "invalid", "forward_id")
 
 
+@pytest.mark.parametrize("field", ["target_port", "port_count"])
+def test_a_json_boolean_is_not_a_number(shared: Api, field: str) -> None:
+    """Regression (bug found by this suite, fixed in f24b31e): pydantic's lax int turned JSON `true` into 1, so
+    {"target_port": true} created a forward to port 1 (201). A boolean is a wrong type: 422 naming the field."""
+    before = db_rows(shared.url)
+    resp = shared.alice.post(FORWARDS, json=body(**{field: True}))
+    try:
+        assert_error(resp, 422, "invalid", field)
+    finally:
+        if resp.status_code == 201:
+            shared.alice.delete(f"{FORWARDS}/{resp.json()['id']}")
+    assert db_rows(shared.url) == before
+
+
 def test_huge_forward_id_is_404_not_500(api: Api) -> None:
-    """Regression (fixed in 317e40a): an id beyond SQLite's 64-bit INTEGER used to reach the database and raise
-    OverflowError, answered with a 500."""
+    """Regression (fixed in 317e40a): an id beyond SQLite's 64-bit INTEGER used to reach the database, raise
+    OverflowError and answer 500."""
     huge = 10**20
     for method in ("GET", "PATCH", "DELETE"):
-        resp = api.alice.request(method, f"{FORWARDS}/{huge}", json={"description": "x"} if method == "PATCH" else None)
+        data = {"description": "x"} if method == "PATCH" else None
+        resp = api.alice.request(method, f"{FORWARDS}/{huge}", json=data)
         assert resp.status_code != 500, f"{method}: {resp.text}"
         assert resp.status_code in (404, 422), f"{method}: {resp.status_code} {resp.text}"
 

@@ -302,9 +302,11 @@ class ForwardService:
         unknown = set(changes) - PATCHABLE
         if unknown:
             raise InvalidInput(f"cannot change {', '.join(sorted(unknown))}", field=sorted(unknown)[0])
-        for required in ("target_address", "target_port", "enabled"):
+        for required in ("target_address", "target_port", "enabled", "allowed_sources"):
             if required in changes and changes[required] is None:
-                raise InvalidInput(f"{required} cannot be null", field=required)
+                # Opening a forward to anyone must be said explicitly (allowed_sources: []), never by a null.
+                hint = " (use [] to allow any source)" if required == "allowed_sources" else ""
+                raise InvalidInput(f"{required} cannot be null{hint}", field=required)
         with self.db.writer() as s:
             fwd = self._owned(s, principal, forward_id, lock=True)
             cfg, gwdp = self._gateway(fwd.gateway)
