@@ -119,6 +119,8 @@ class ServerConfig(BaseSettings):
     listen: str = "127.0.0.1:3000"
     database: str = "sqlite:///var/labgate.db"
     reconcile_interval: float = Field(default=30.0, gt=0)
+    # Every this many seconds the whole table is rendered again even if the cheap check saw no drift.
+    full_resync_interval: float = Field(default=600.0, gt=0)
     # Which dataplane applies rules: "nft" (the kernel) or "none" (API only, e.g. `serve --no-agent`).
     dataplane: str = "nft"
     log_level: str = "info"

@@ -278,3 +278,20 @@ def test_concurrent_creates_exactly_fill_the_range_with_no_orphan_rules(lab, tmp
         expected = {("tcp", f["external_port"]): f["id"] for f in rows}
         assert len(expected) == 101
         assert kernel_ids(lab.gateway_ns, "labgate_lab") == expected
+
+
+def test_an_element_deleted_by_hand_comes_back_at_the_periodic_full_render(lab, services, tmp_path):
+    m1 = lab.machine_addresses[M1]
+    settings = settings_for(lab, tmp_path)
+    settings.server.full_resync_interval = 2.0
+    with running_server(settings) as srv, srv.client(srv.token("alice")) as c:
+        fwd = create(c, target_address=m1, target_port=22)
+        port = fwd["external_port"]
+        subprocess.run(["ip", "netns", "exec", lab.gateway_ns, "nft", "delete", "element", "ip", "labgate_lab", "ids",
+                        f"{{ {lab.external_address} . tcp . {port} }}"], check=True)
+        assert kernel_ids(lab.gateway_ns, "labgate_lab") == {}
+        deadline = time.monotonic() + 10
+        while kernel_ids(lab.gateway_ns, "labgate_lab") != {("tcp", port): fwd["id"]}:
+            assert time.monotonic() < deadline, "the deleted element was not restored"
+            time.sleep(0.2)
+        assert answered_by(tcp_request(lab.client_ns, lab.external_address, port, "x")) == m1

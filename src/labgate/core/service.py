@@ -24,6 +24,7 @@ class Labgate:
             load_rules=lambda gw: self.forwards.enabled_rules(gw),
             kernel=settings.server.dataplane == "nft",
             interval=settings.server.reconcile_interval,
+            full_interval=settings.server.full_resync_interval,
         )
         self.forwards = ForwardService(settings, self.db, self.dataplane)
         self.started = False

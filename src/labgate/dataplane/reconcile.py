@@ -263,10 +263,12 @@ class Dataplane:
     """All gateways of this process, and the loop that keeps each one equal to the database."""
 
     def __init__(self, gateways: list[GatewayConfig], load_rules: RulesLoader, *, kernel: bool = True,
-                 interval: float = 30.0, runner_factory: Callable[[], NftRunner] = open_runner) -> None:
+                 interval: float = 30.0, full_interval: float | None = 600.0,
+                 runner_factory: Callable[[], NftRunner] = open_runner) -> None:
         self.gateways = {g.name: GatewayDataplane(g, kernel=kernel, runner_factory=runner_factory) for g in gateways}
         self.load_rules = load_rules
         self.interval = interval
+        self.full_interval = full_interval
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -278,6 +280,11 @@ class Dataplane:
         """Full sync if needed or drifted; returns True if the gateway is in sync afterwards."""
         with gw.lock:
             drifted = False
+            stale = (self.full_interval is not None and gw.last_full_sync_at is not None
+                     and time.time() - gw.last_full_sync_at >= self.full_interval)
+            if stale:
+                # The cheap check cannot see one element deleted by hand; a periodic full render can.
+                gw.needs_full = True
             if not gw.needs_full:
                 drifted = not gw.intact()
                 if drifted:
