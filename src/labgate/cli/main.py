@@ -17,6 +17,21 @@ db_app = typer.Typer(no_args_is_help=True, help="The database schema.")
 app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
 
+
+def _register_client_commands() -> None:
+    from labgate.cli import commands
+    from labgate.cli.connect import connect
+
+    app.command("login")(commands.handled(commands.login))
+    app.command("connect")(connect)
+    app.add_typer(commands.forward_app, name="forward")
+    app.add_typer(commands.machine_app, name="machine")
+    app.add_typer(commands.gateway_app, name="gateway")
+    app.add_typer(commands.context_app, name="context")
+
+
+_register_client_commands()
+
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config file (default: $LABGATE_CONFIG, else built-in defaults)")]
 
 

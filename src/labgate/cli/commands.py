@@ -1,0 +1,338 @@
+"""Client commands: login and contexts, forwards, machines, gateways. They talk to the API only."""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.progress import Progress
+
+from labgate.cli import context as ctxmod
+from labgate.cli.output import Format, console, emit_json, fail, table
+from labgate.client import Client, Forward, LabgateError, ValidationFailed
+
+ContextOpt = Annotated[Optional[str], typer.Option("--context", help="named context from the client config")]
+OutputOpt = Annotated[Format, typer.Option("--output", "-o", help="table for people, json for scripts")]
+
+forward_app = typer.Typer(no_args_is_help=True, help="Create, list, change and remove forwards.")
+machine_app = typer.Typer(no_args_is_help=True, help="Machines: the IPAM view derived from forwards.")
+gateway_app = typer.Typer(no_args_is_help=True, help="Gateways and their free ports.")
+context_app = typer.Typer(no_args_is_help=True, help="Named client contexts (server URL, token, defaults).")
+
+
+def handled(fn: Callable) -> Callable:
+    """Turn LabgateError into one line + hint and a meaningful exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LabgateError as exc:
+            raise fail(exc) from None
+
+    return wrapper
+
+
+def client_for(context: str | None) -> tuple[Client, ctxmod.Context]:
+    ctx = ctxmod.resolve(context)
+    return Client(ctx.url, ctx.token), ctx
+
+
+FORWARD_COLUMNS = ("id", "name", "kind", "proto", "external", "target", "status", "owner", "description")
+
+
+def forward_row(f: Forward) -> tuple:
+    target = f"{f.target_address}:{f.target_port}" if f.port_count == 1 else \
+        f"{f.target_address}:{f.target_port}-{f.target_port + f.port_count - 1}"
+    return (f.id, f.name, f.kind, f.protocol, f.external, target, f.status, f.owner, f.description)
+
+
+def show_forwards(forwards: list[Forward], output: Format) -> None:
+    if output == Format.json:
+        emit_json(forwards)
+    elif not forwards:
+        console.print("no forwards")
+    else:
+        table(FORWARD_COLUMNS, [forward_row(f) for f in forwards])
+
+
+# --- login and contexts ------------------------------------------------------------------------------------------
+def login(
+    url: Annotated[str, typer.Option("--url", help="the labgate API, e.g. http://gw.example.net:3000")],
+    token: Annotated[Optional[str], typer.Option(
+        "--token", help="API token; '-' reads it from stdin; omitted: asked for without echo")] = None,
+    context: Annotated[str, typer.Option("--context", help="name of the context to write")] = "default",
+    gateway: Annotated[Optional[str], typer.Option(help="default gateway for this context")] = None,
+    host: Annotated[Optional[str], typer.Option(help="what `connect` dials (e.g. the gateway's DNS name)")] = None,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="check the URL and token now")] = True,
+) -> None:
+    """Save a server URL and token as a named context (file mode 0600) and make it current."""
+    if token == "-":
+        token = sys.stdin.readline().strip()
+    elif token is None:
+        token = getpass.getpass("token: ").strip() if sys.stdin.isatty() else sys.stdin.readline().strip()
+    if not token:
+        raise fail(ValidationFailed("no token given", hint="create one on the server: `labgate token create NAME`"))
+    if verify:
+        try:
+            with Client(url, token) as c:
+                c.list_gateways()
+        except LabgateError as exc:
+            raise fail(exc) from None
+    data = ctxmod.load()
+    data.setdefault("contexts", {})[context] = {"url": url.rstrip("/"), "token": token, "gateway": gateway,
+                                                "host": host}
+    data["current"] = context
+    path = ctxmod.save(data)
+    console.print(f"logged in: context [bold]{context}[/] -> {url} (saved in {path})", highlight=False)
+
+
+@context_app.command("ls")
+@handled
+def context_ls(output: OutputOpt = Format.table) -> None:
+    """List contexts (tokens are never shown)."""
+    data = ctxmod.load()
+    rows = [{"name": n, "current": n == data.get("current"), "url": c.get("url"), "gateway": c.get("gateway"),
+             "host": c.get("host")} for n, c in sorted(data.get("contexts", {}).items())]
+    if output == Format.json:
+        emit_json(rows)
+    else:
+        table(("", "name", "url", "gateway", "host"),
+              [("*" if r["current"] else "", r["name"], r["url"], r["gateway"], r["host"]) for r in rows])
+
+
+@context_app.command("use")
+@handled
+def context_use(name: str) -> None:
+    """Make NAME the current context."""
+    data = ctxmod.load()
+    if name not in data.get("contexts", {}):
+        raise ctxmod.ConfigError(f"no context named {name!r}", hint="see `labgate context ls`")
+    data["current"] = name
+    ctxmod.save(data)
+    console.print(f"current context: {name}")
+
+
+# --- forwards ------------------------------------------------------------------------------------------------------
+@forward_app.command("add")
+@handled
+def forward_add(
+    target_address: Annotated[str, typer.Argument(help="the machine's address, e.g. 10.9.0.5")],
+    target_port: Annotated[int, typer.Argument(help="the machine's port, e.g. 22")],
+    name: Annotated[Optional[str], typer.Option("--name", "-n", help="machine name")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="machine kind, e.g. centos, windows, onefs")] = None,
+    protocol: Annotated[str, typer.Option("--protocol", "-p", help="tcp or udp")] = "tcp",
+    gateway: Annotated[Optional[str], typer.Option(help="gateway (default: the context's, or the only one)")] = None,
+    external_port: Annotated[Optional[int], typer.Option(help="ask for this external port (default: lowest free)")] = None,
+    port_count: Annotated[int, typer.Option(help="forward a block of consecutive ports")] = 1,
+    allow: Annotated[Optional[list[str]], typer.Option("--allow", help="allowed source CIDR (repeatable)")] = None,
+    description: Annotated[str, typer.Option("--description", "-d")] = "",
+    disabled: Annotated[bool, typer.Option("--disabled", help="create it switched off")] = False,
+    context: ContextOpt = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Forward a free external port of the gateway to TARGET_ADDRESS:TARGET_PORT."""
+    client, ctx = client_for(context)
+    with client:
+        fwd = client.create_forward(target_address, target_port, name=name, kind=kind, protocol=protocol,
+                                    gateway=gateway or ctx.gateway, external_port=external_port,
+                                    port_count=port_count, allowed_sources=allow or None,
+                                    description=description, enabled=not disabled)
+    show_forwards([fwd], output)
+
+
+@forward_app.command("ls")
+@handled
+def forward_ls(
+    name: Annotated[Optional[str], typer.Option("--name", "-n")] = None,
+    kind: Annotated[Optional[str], typer.Option()] = None,
+    target_address: Annotated[Optional[str], typer.Option("--target")] = None,
+    target_port: Annotated[Optional[int], typer.Option("--target-port")] = None,
+    external_port: Annotated[Optional[int], typer.Option("--external-port")] = None,
+    protocol: Annotated[Optional[str], typer.Option("--protocol", "-p")] = None,
+    gateway: Annotated[Optional[str], typer.Option()] = None,
+    owner: Annotated[Optional[str], typer.Option(help="admins: someone else's forwards")] = None,
+    context: ContextOpt = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """List your forwards (admins: everyone's), with filters."""
+    client, _ = client_for(context)
+    with client:
+        forwards = client.list_forwards(name=name, kind=kind, target_address=target_address,
+                                        target_port=target_port, external_port=external_port,
+                                        protocol=protocol, gateway=gateway, owner=owner)
+    show_forwards(forwards, output)
+
+
+@forward_app.command("show")
+@handled
+def forward_show(forward_id: int, context: ContextOpt = None, output: OutputOpt = Format.table) -> None:
+    """Show one forward."""
+    client, _ = client_for(context)
+    with client:
+        fwd = client.get_forward(forward_id)
+    if output == Format.json:
+        emit_json(fwd)
+    else:
+        table(("field", "value"), [(k, v) for k, v in vars(fwd).items()])
+
+
+@forward_app.command("rm")
+@handled
+def forward_rm(forward_ids: Annotated[list[int], typer.Argument(help="one or more forward ids")],
+               context: ContextOpt = None) -> None:
+    """Remove forwards (open sessions through them are cut)."""
+    client, _ = client_for(context)
+    with client:
+        for fid in forward_ids:
+            client.delete_forward(fid)
+            console.print(f"removed forward {fid}")
+
+
+@forward_app.command("enable")
+@handled
+def forward_enable(forward_id: int, context: ContextOpt = None, output: OutputOpt = Format.table) -> None:
+    """Switch a forward on."""
+    client, _ = client_for(context)
+    with client:
+        show_forwards([client.enable_forward(forward_id)], output)
+
+
+@forward_app.command("disable")
+@handled
+def forward_disable(forward_id: int, context: ContextOpt = None, output: OutputOpt = Format.table) -> None:
+    """Switch a forward off, keeping its port (open sessions are cut)."""
+    client, _ = client_for(context)
+    with client:
+        show_forwards([client.disable_forward(forward_id)], output)
+
+
+@forward_app.command("edit")
+@handled
+def forward_edit(
+    forward_id: int,
+    target_address: Annotated[Optional[str], typer.Option("--target", help="new target address")] = None,
+    target_port: Annotated[Optional[int], typer.Option("--target-port")] = None,
+    description: Annotated[Optional[str], typer.Option("--description", "-d")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", "-n")] = None,
+    kind: Annotated[Optional[str], typer.Option()] = None,
+    allow: Annotated[Optional[list[str]], typer.Option("--allow", help="replace allowed sources (repeatable)")] = None,
+    allow_any: Annotated[bool, typer.Option("--allow-any", help="remove the source restriction")] = False,
+    context: ContextOpt = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Change a forward; retargeting is one atomic change on the gateway."""
+    changes: dict[str, Any] = {k: v for k, v in dict(target_address=target_address, target_port=target_port,
+                                                      description=description, name=name, kind=kind).items()
+                               if v is not None}
+    if allow and allow_any:
+        raise fail(ValidationFailed("--allow and --allow-any exclude each other"))
+    if allow:
+        changes["allowed_sources"] = allow
+    if allow_any:
+        changes["allowed_sources"] = []
+    if not changes:
+        raise fail(ValidationFailed("nothing to change", hint="see `labgate forward edit --help`"))
+    client, _ = client_for(context)
+    with client:
+        show_forwards([client.update_forward(forward_id, **changes)], output)
+
+
+APPLY_KEYS = {"name", "target_address", "target_port", "protocol", "kind", "gateway", "description",
+              "allowed_sources", "enabled", "port_count", "external_port"}
+
+
+def read_apply_file(path: Path) -> list[dict[str, Any]]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(sys.stdin.read() if str(path) == "-" else path.read_text())
+    except FileNotFoundError:
+        raise ValidationFailed(f"{path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ValidationFailed(f"{path} is not valid YAML: {exc}") from None
+    items = data.get("forwards") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise ValidationFailed(f"{path} must hold a list of forwards (or a 'forwards:' list)")
+    for i, item in enumerate(items, 1):
+        if not isinstance(item, dict):
+            raise ValidationFailed(f"entry {i} of {path} is not a mapping")
+        unknown = set(item) - APPLY_KEYS
+        missing = {"name", "target_address", "target_port"} - set(item)
+        if unknown or missing:
+            raise ValidationFailed(f"entry {i} of {path}: " + "; ".join(
+                ([f"unknown keys {sorted(unknown)}"] if unknown else []) +
+                ([f"missing {sorted(missing)}"] if missing else [])))
+    return items
+
+
+@forward_app.command("apply")
+@handled
+def forward_apply(
+    file: Annotated[Path, typer.Option("--file", "-f", help="YAML list of forwards ('-' = stdin)")],
+    context: ContextOpt = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """Make sure every forward in FILE exists (by machine name, target port and protocol): create the missing,
+    retarget the moved, leave the rest. Safe to run again."""
+    items = read_apply_file(file)
+    client, ctx = client_for(context)
+    results: list[Forward] = []
+    failures: list[str] = []
+    with client, Progress(console=console, transient=True, disable=output == Format.json) as progress:
+        task = progress.add_task("applying", total=len(items))
+        for item in items:
+            item = dict(item)
+            name, address, port = item.pop("name"), item.pop("target_address"), item.pop("target_port")
+            item.setdefault("gateway", ctx.gateway)
+            try:
+                results.append(client.ensure_forward(name, address, port, **item))
+            except LabgateError as exc:
+                failures.append(f"{name} {address}:{port}: {exc.message}")
+            progress.advance(task)
+    show_forwards(results, output)
+    if failures:
+        for line in failures:
+            console.print(f"[red]failed:[/] {line}", highlight=False)
+        raise typer.Exit(1)
+
+
+# --- machines and gateways -----------------------------------------------------------------------------------------
+@machine_app.command("ls")
+@handled
+def machine_ls(
+    name: Annotated[Optional[str], typer.Option("--name", "-n")] = None,
+    kind: Annotated[Optional[str], typer.Option()] = None,
+    context: ContextOpt = None,
+    output: OutputOpt = Format.table,
+) -> None:
+    """List machines with their addresses and forwards."""
+    client, _ = client_for(context)
+    with client:
+        machines = client.list_machines(name=name, kind=kind)
+    if output == Format.json:
+        emit_json(machines)
+        return
+    table(("name", "kind", "owner", "addresses", "forwards"),
+          [(m.name, m.kind, m.owner, ", ".join(m.addresses),
+            ", ".join(f"{f.protocol}/{f.target_port}->{f.external}" for f in m.forwards)) for m in machines])
+
+
+@gateway_app.command("ls")
+@handled
+def gateway_ls(context: ContextOpt = None, output: OutputOpt = Format.table) -> None:
+    """List gateways, their ranges, free ports and status."""
+    client, _ = client_for(context)
+    with client:
+        gateways = client.list_gateways()
+    if output == Format.json:
+        emit_json(gateways)
+        return
+    table(("name", "external", "ranges", "free tcp/udp", "forwards", "status", "last error"),
+          [(g.name, g.external_address, ", ".join(g.port_ranges),
+            f"{g.ports_free.get('tcp')}/{g.ports_free.get('udp')}", g.forwards, g.status, g.last_error)
+           for g in gateways])

@@ -1,0 +1,153 @@
+"""`labgate connect NAME --protocol P`: find (or create) the machine's forward and open the right client.
+
+The protocol decides the target port (ssh/scp 22, rdp 3389, vnc 5900, http 80, https 443), per-kind overrides
+change it (vLab's onefs https 8080, esrs 9443; more in the client config's [kinds.<kind>]). The client programs
+are looked up on PATH in order of preference; `--print` prints the command or URL instead of running it.
+No password is ever put on a command line: the launched client asks for it itself.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Annotated, Callable, Optional
+
+import typer
+
+from labgate.cli import context as ctxmod
+from labgate.cli.commands import ContextOpt, client_for, handled
+from labgate.cli.output import console
+from labgate.client import Forward, NotFound, ValidationFailed
+
+PROTOCOLS = ("ssh", "scp", "rdp", "vnc", "https", "http")
+DEFAULT_PORTS = {"ssh": 22, "scp": 22, "rdp": 3389, "vnc": 5900, "http": 80, "https": 443}
+KIND_PORTS = {"onefs": {"https": 8080}, "esrs": {"https": 9443}}
+INSTALL_HINTS = {
+    "ssh": "install an SSH client (apt-get install openssh-client)",
+    "scp": "install FileZilla (apt-get install filezilla) or use the scp command below",
+    "rdp": "install an RDP client (apt-get install freerdp2-x11, or remmina)",
+    "vnc": "install a VNC viewer (apt-get install tigervnc-viewer, or remmina)",
+    "http": "install a web browser, or open the URL below",
+    "https": "install a web browser, or open the URL below",
+}
+
+
+def target_port_for(protocol: str, kind: str | None) -> int:
+    """Config [kinds.<kind>] first, then the built-in vLab kinds, then the protocol's standard port."""
+    configured = ctxmod.kind_ports(kind)
+    if protocol in configured:
+        return configured[protocol]
+    return KIND_PORTS.get(kind or "", {}).get(protocol, DEFAULT_PORTS[protocol])
+
+
+@dataclass
+class Launch:
+    """What to run for a protocol: the first candidate found, or the command to print when none is."""
+
+    candidates: list[list[str]]
+    interactive: bool = False           # runs in this terminal (ssh); else detached (GUI clients)
+    url: str | None = None
+    printable: list[str] | None = None  # shown with --print and when no candidate is installed
+    chosen: list[str] | None = field(default=None, init=False)
+
+
+def plan(protocol: str, host: str, port: int, user: str | None, platform: str = sys.platform) -> Launch:
+    at = f"{user}@" if user else ""
+    if protocol == "ssh":
+        argv = ["ssh", "-p", str(port), f"{at}{host}"]
+        return Launch([argv], interactive=True, printable=argv)
+    if protocol == "scp":
+        scp = ["scp", "-P", str(port), "FILE", f"{at}{host}:"]
+        return Launch([["filezilla", f"sftp://{at}{host}:{port}"]], printable=scp)
+    if protocol == "rdp":
+        if platform == "win32":
+            return Launch([["mstsc", f"/v:{host}:{port}"]], printable=["mstsc", f"/v:{host}:{port}"])
+        if platform == "darwin":
+            url = f"rdp://full%20address=s:{host}:{port}" + (f"&username=s:{user}" if user else "")
+            return Launch([["open", url]], url=url, printable=["open", url])
+        free = [f"/v:{host}:{port}"] + ([f"/u:{user}"] if user else [])
+        return Launch([["xfreerdp", *free], ["wlfreerdp", *free], ["remmina", "-c", f"rdp://{at}{host}:{port}"]],
+                      printable=["xfreerdp", *free])
+    if protocol == "vnc":
+        if platform == "darwin":
+            return Launch([["open", f"vnc://{host}:{port}"]], url=f"vnc://{host}:{port}")
+        return Launch([["vncviewer", f"{host}::{port}"], ["remmina", "-c", f"vnc://{host}:{port}"]],
+                      printable=["vncviewer", f"{host}::{port}"])
+    url = f"{protocol}://{host}:{port}/"
+    if platform == "darwin":
+        return Launch([["open", url]], url=url)
+    return Launch([["xdg-open", url], ["sensible-browser", url], ["firefox", url], ["chromium", url]], url=url)
+
+
+def choose(launch: Launch, which: Callable[[str], str | None] = shutil.which) -> Launch:
+    for argv in launch.candidates:
+        if which(argv[0]):
+            launch.chosen = argv
+            break
+    return launch
+
+
+def find_or_create(client, ctx, name: str, protocol: str, kind: str | None, create: bool,
+                   address: str | None, gateway: str | None) -> Forward:
+    forwards = client.list_forwards(name=name, gateway=gateway)
+    kind = kind or next((f.kind for f in forwards if f.kind), None)
+    port = target_port_for(protocol, kind)
+    for fwd in forwards:
+        if fwd.target_port == port and fwd.protocol == "tcp" and fwd.enabled:
+            return fwd
+    if not create:
+        if not forwards:
+            raise NotFound(f"no machine named {name!r} has a forward",
+                           hint=f"create one: labgate connect {name} --protocol {protocol} --create --address IP")
+        raise NotFound(f"machine {name!r} has no enabled forward to port {port} ({protocol})",
+                       hint=f"create it: labgate connect {name} --protocol {protocol} --create")
+    addresses = sorted({f.target_address for f in forwards})
+    if address is None:
+        if len(addresses) != 1:
+            raise ValidationFailed(f"--create needs --address: machine {name!r} has "
+                                   + (f"several addresses ({', '.join(addresses)})" if addresses else "no known address"))
+        address = addresses[0]
+    return client.create_forward(address, port, name=name, kind=kind, gateway=gateway)
+
+
+@handled
+def connect(
+    name: Annotated[str, typer.Argument(help="machine name")],
+    protocol: Annotated[str, typer.Option("--protocol", "-p", help="|".join(PROTOCOLS))] = "ssh",
+    user: Annotated[Optional[str], typer.Option("--user", "-u", help="user name to log in as")] = None,
+    print_only: Annotated[bool, typer.Option("--print", help="print the command or URL instead of running it")] = False,
+    create: Annotated[bool, typer.Option("--create", help="create the forward first if it is missing")] = False,
+    address: Annotated[Optional[str], typer.Option("--address", help="the machine's address, for --create")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="machine kind, if its forwards do not say")] = None,
+    gateway: Annotated[Optional[str], typer.Option(help="gateway (default: the context's)")] = None,
+    context: ContextOpt = None,
+) -> None:
+    """Open a session to machine NAME through its forward: ssh, scp, rdp, vnc, http or https."""
+    protocol = protocol.lower()
+    if protocol not in PROTOCOLS:
+        raise ValidationFailed(f"unknown protocol {protocol!r}", hint=f"use one of {', '.join(PROTOCOLS)}")
+    client, ctx = client_for(context)
+    with client:
+        fwd = find_or_create(client, ctx, name, protocol, kind, create, address, gateway or ctx.gateway)
+    host = ctx.host or fwd.external_address
+    launch = choose(plan(protocol, str(host), fwd.external_port, user))
+    shown = launch.url or shlex.join(launch.printable or launch.candidates[0])
+    if print_only:
+        typer.echo(shlex.join(launch.printable) if launch.printable and not launch.url else shown)
+        return
+    if launch.chosen is None:
+        # scp's plain command is a complete answer on its own; the others need a program that is missing.
+        if protocol == "scp":
+            typer.echo(shlex.join(launch.printable or []))
+            return
+        console.print(f"[yellow]no {protocol} client found:[/] {INSTALL_HINTS[protocol]}", highlight=False)
+        typer.echo(shown)
+        raise typer.Exit(1)
+    if launch.interactive:
+        raise typer.Exit(subprocess.call(launch.chosen))
+    subprocess.Popen(launch.chosen, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True)
+    console.print(f"opened {shlex.join(launch.chosen)}", highlight=False)

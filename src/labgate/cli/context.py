@@ -1,0 +1,120 @@
+"""The client's own configuration: named contexts (url, token, default gateway, host), like kubectl's.
+
+File: $LABGATE_CLIENT_CONFIG, else $XDG_CONFIG_HOME/labgate/config.toml, else ~/.config/labgate/config.toml,
+written with mode 0600 because it holds tokens. LABGATE_URL / LABGATE_TOKEN override the chosen context.
+
+    current = "lab"
+    [contexts.lab]
+    url = "http://gw.example.net:3000"
+    token = "lg_..."
+    gateway = "default"            # optional: used when a command names none
+    host = "alice.lab.example.net" # optional: what `connect` dials instead of the gateway's external address
+    [kinds.onefs]                  # optional: per-kind protocol -> target port overrides for `connect`
+    https = 8080
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from labgate.client.errors import ConfigError
+
+CONTEXT_KEYS = ("url", "token", "gateway", "host")
+
+
+def config_path() -> Path:
+    explicit = os.environ.get("LABGATE_CLIENT_CONFIG")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "labgate" / "config.toml"
+
+
+@dataclass
+class Context:
+    name: str
+    url: str | None = None
+    token: str | None = None
+    gateway: str | None = None
+    host: str | None = None
+
+
+def load() -> dict[str, Any]:
+    path = config_path()
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}", hint=f"fix or remove {path}") from None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+
+
+def dump(data: dict[str, Any]) -> str:
+    lines = []
+    if "current" in data:
+        lines.append(f"current = {_toml_value(data['current'])}")
+    for section in ("contexts", "kinds"):
+        for name, table in sorted(data.get(section, {}).items()):
+            lines.append(f"\n[{section}.{_toml_key(name)}]")
+            for key, value in table.items():
+                if value is not None:
+                    lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def save(data: dict[str, Any]) -> Path:
+    """Write atomically with mode 0600 (folder 0700): the file holds tokens."""
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config-", suffix=".toml")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(dump(data))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def resolve(name: str | None = None) -> Context:
+    """The context to use: `name`, else the file's current one; then LABGATE_URL/LABGATE_TOKEN on top."""
+    data = load()
+    contexts = data.get("contexts", {})
+    chosen = name or os.environ.get("LABGATE_CONTEXT") or data.get("current")
+    if name and name not in contexts:
+        raise ConfigError(f"no context named {name!r} in {config_path()}",
+                          hint="see `labgate context ls`, or create it with `labgate login --context NAME`")
+    ctx = Context(chosen or "default", **{k: contexts.get(chosen, {}).get(k) for k in CONTEXT_KEYS})
+    ctx.url = os.environ.get("LABGATE_URL") or ctx.url
+    ctx.token = os.environ.get("LABGATE_TOKEN") or ctx.token
+    if not ctx.url:
+        raise ConfigError("no labgate server configured")
+    return ctx
+
+
+def kind_ports(kind: str | None) -> dict[str, int]:
+    """Per-kind protocol -> port overrides from the config file."""
+    if not kind:
+        return {}
+    table = load().get("kinds", {}).get(kind, {})
+    return {str(k): int(v) for k, v in table.items() if isinstance(v, int)}

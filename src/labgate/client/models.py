@@ -1,0 +1,80 @@
+"""What the API returns, as plain typed objects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+
+def _from(cls, data: dict[str, Any]):
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class Forward:
+    id: int
+    gateway: str
+    protocol: str
+    external_address: str | None
+    external_port: int
+    target_address: str
+    target_port: int
+    port_count: int = 1
+    name: str | None = None
+    kind: str | None = None
+    owner: str = ""
+    description: str = ""
+    enabled: bool = True
+    allowed_sources: list[str] = field(default_factory=list)
+    status: str = "active"
+    created_at: datetime | str | None = None
+    updated_at: datetime | str | None = None
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> "Forward":
+        return _from(cls, data)
+
+    @property
+    def external(self) -> str:
+        """'address:port' (or 'address:first-last' for a block) that clients connect to."""
+        ports = str(self.external_port) if self.port_count == 1 else \
+            f"{self.external_port}-{self.external_port + self.port_count - 1}"
+        return f"{self.external_address}:{ports}"
+
+
+@dataclass
+class Machine:
+    name: str
+    kind: str | None
+    owner: str
+    addresses: list[str]
+    forwards: list[Forward]
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> "Machine":
+        m = _from(cls, data)
+        m.forwards = [Forward.from_api(f) for f in data.get("forwards", [])]
+        return m
+
+
+@dataclass
+class Gateway:
+    name: str
+    netns: str
+    external_address: str | None
+    port_ranges: list[str]
+    target_networks: list[str]
+    masquerade: bool
+    ports_total: int
+    ports_free: dict[str, int]
+    forwards: int
+    status: str
+    last_error: str | None = None
+    last_sync_at: float | None = None
+    forwards_in_kernel: int | None = None
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> "Gateway":
+        return _from(cls, data)
