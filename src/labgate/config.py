@@ -150,6 +150,92 @@ class ServerConfig(BaseSettings):
         return host.strip("[]") or "127.0.0.1", int(port)
 
 
+JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512")
+# RFC 7518 3.2: an HMAC key must be at least as long as the hash output.
+HMAC_MIN_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+RSA_MIN_KEY_BITS = 2048
+
+
+def load_jwt_key(algorithm: str, path: str) -> Any:
+    """The key that verifies vLab tokens: the HMAC secret (bytes) for HS*, an RSA public key for RS*.
+
+    Raises ValueError with a readable reason. There is deliberately no fallback or built-in key."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"compat.jwt_key_file {path!r} cannot be read: {exc.strerror or exc}") from None
+    if algorithm.startswith("HS"):
+        # One trailing newline (as `echo`/`openssl rand -base64 > file` write) is not part of the secret.
+        secret = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
+        need = HMAC_MIN_KEY_BYTES[algorithm]
+        if len(secret) < need:
+            raise ValueError(f"compat.jwt_key_file holds {len(secret)} bytes; {algorithm} needs a secret of at "
+                             f"least {need} bytes")
+        if b"-----BEGIN" in secret:
+            raise ValueError(f"compat.jwt_key_file looks like a PEM key; {algorithm} needs a shared secret "
+                             "(use RS256 with a public key)")
+        return secret
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(raw)
+    except ValueError:
+        raise ValueError(f"compat.jwt_key_file {path!r} is not a PEM public key (BEGIN PUBLIC KEY); "
+                         f"{algorithm} verifies with the issuer's public key, never a private key") from None
+    if not isinstance(key, RSAPublicKey):
+        raise ValueError(f"compat.jwt_key_file {path!r} is not an RSA public key, which {algorithm} needs")
+    if key.key_size < RSA_MIN_KEY_BITS:
+        raise ValueError(f"compat.jwt_key_file holds a {key.key_size}-bit RSA key; at least {RSA_MIN_KEY_BITS} "
+                         "bits are needed")
+    return key
+
+
+class CompatConfig(BaseModel):
+    """The [compat] section: the vLab (vlab_ipam_api) compatibility API. Off unless vlab_enabled = true, and then
+    it needs an explicit algorithm, key file and issuer: labgate has no built-in key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vlab_enabled: bool = False
+    jwt_algorithm: str | None = None
+    jwt_key_file: str | None = None
+    jwt_issuer: str | None = None
+    # The claim naming the owner of forwards (vLab tokens carry "username").
+    owner_claim: str = "username"
+    # Clock skew allowed on exp/nbf/iat, in seconds (vLab allowed 10).
+    jwt_leeway: int = Field(default=10, ge=0, le=300)
+    # Which gateway the compat API acts on; may be left out when there is only one.
+    gateway: str | None = None
+
+    @field_validator("jwt_algorithm")
+    @classmethod
+    def _algorithm(cls, v: str | None) -> str | None:
+        if v is not None and v not in JWT_ALGORITHMS:
+            raise ValueError(f"compat.jwt_algorithm must be one of {', '.join(JWT_ALGORITHMS)}")
+        return v
+
+    @field_validator("owner_claim")
+    @classmethod
+    def _claim(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}", v):
+            raise ValueError("compat.owner_claim must be a plain claim name such as 'username'")
+        return v
+
+    @model_validator(mode="after")
+    def _complete(self) -> "CompatConfig":
+        if not self.vlab_enabled:
+            return self
+        missing = [k for k in ("jwt_algorithm", "jwt_key_file", "jwt_issuer") if not getattr(self, k)]
+        if missing:
+            raise ValueError(f"compat.vlab_enabled needs {', '.join('compat.' + m for m in missing)} "
+                             "(there is no built-in key)")
+        assert self.jwt_algorithm and self.jwt_key_file
+        load_jwt_key(self.jwt_algorithm, self.jwt_key_file)  # fail at start, not on the first request
+        return self
+
+
 class Settings(BaseModel):
     """The whole configuration of one labgate process."""
 
@@ -157,6 +243,7 @@ class Settings(BaseModel):
 
     server: ServerConfig = Field(default_factory=ServerConfig)
     gateway: list[GatewayConfig] = Field(default_factory=lambda: [GatewayConfig()])
+    compat: CompatConfig = Field(default_factory=CompatConfig)
 
     @model_validator(mode="after")
     def _unique(self) -> "Settings":
@@ -168,6 +255,23 @@ class Settings(BaseModel):
                 raise ValueError(f"gateway name {gw.name!r} is used twice (or differs only by '-' vs '_')")
             seen.add(gw.table_name)
         return self
+
+    @model_validator(mode="after")
+    def _compat_gateway(self) -> "Settings":
+        if self.compat.vlab_enabled and self.compat.gateway is None and len(self.gateway) != 1:
+            raise ValueError("compat.gateway must name the gateway the vLab API acts on (there are several)")
+        if self.compat.gateway is not None and self.get_gateway(self.compat.gateway) is None:
+            raise ValueError(f"compat.gateway {self.compat.gateway!r} is not one of the [[gateway]] names")
+        return self
+
+    @property
+    def compat_gateway(self) -> GatewayConfig:
+        """The gateway the vLab compatibility API acts on."""
+        if self.compat.gateway is not None:
+            found = self.get_gateway(self.compat.gateway)
+            assert found is not None
+            return found
+        return self.gateway[0]
 
     def get_gateway(self, name: str) -> GatewayConfig | None:
         return next((g for g in self.gateway if g.name == name), None)

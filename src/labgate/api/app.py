@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from labgate import __version__
-from labgate.api.routes import forwards, gateways, health, machines
+from labgate.api.routes import compat, forwards, gateways, health, machines
 from labgate.core.errors import LabgateError, PortTaken
 from labgate.core.service import Labgate
 
@@ -43,6 +43,7 @@ def create_app(lg: Labgate, *, manage_lifecycle: bool = True) -> FastAPI:
     app.state.labgate = lg
     for r in (health.router, forwards.router, machines.router, gateways.router):
         app.include_router(r)
+    compat.mount(app, lg)  # the vLab /api/1/ipam/* API, only when [compat] vlab_enabled = true
 
     @app.exception_handler(LabgateError)
     async def _labgate_error(_req: Request, exc: LabgateError) -> JSONResponse:
