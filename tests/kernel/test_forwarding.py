@@ -167,8 +167,8 @@ def test_two_gateways_in_two_namespaces_stay_isolated(lab, lab2, tmp_path):
             assert fa["external_port"] == fb["external_port"] == 4000  # separate port spaces
             assert answered_by(tcp_request(a.client_ns, a.external_address, 4000, "x")) == a.machine_addresses[M1]
             assert answered_by(tcp_request(b.client_ns, b.external_address, 4000, "x")) == b.machine_addresses[M1]
-            assert nft_tables(a.gateway_ns) == ["table ip labgate_gwa"]
-            assert nft_tables(b.gateway_ns) == ["table ip labgate_gwb"]
+            assert nft_tables(a.gateway_ns) == ["table ip labgate_gwa", "table ip labgate_gwa_usage"]
+            assert nft_tables(b.gateway_ns) == ["table ip labgate_gwb", "table ip labgate_gwb_usage"]
             # A change on one gateway leaves the other's kernel state alone.
             c.delete(f"/api/v1/forwards/{fa['id']}")
             assert tcp_request(a.client_ns, a.external_address, 4000, "x", timeout=1) is None

@@ -7,7 +7,7 @@ command fails, nothing changes, and NftError carries nft's own message.
 from __future__ import annotations
 
 import ctypes
-import json
+import json as jsonlib
 import shutil
 import subprocess
 from typing import Any, Protocol
@@ -21,8 +21,9 @@ class NftError(RuntimeError):
 
 
 class NftRunner(Protocol):
-    def run(self, text: str, *, json_terse: bool = False) -> str:
-        """Run the batch; returns nft's output. Raises NftError when nft refuses it (nothing is then changed)."""
+    def run(self, text: str, *, json: bool = False, terse: bool = False) -> str:
+        """Run the batch; returns nft's output (JSON with json=True; no set elements with terse=True).
+        Raises NftError when nft refuses it (nothing is then changed)."""
         ...
 
 
@@ -53,9 +54,9 @@ class LibNftables:
         lib.nft_ctx_buffer_error(self._ctx)
         self._base_flags = lib.nft_ctx_output_get_flags(self._ctx)
 
-    def run(self, text: str, *, json_terse: bool = False) -> str:
+    def run(self, text: str, *, json: bool = False, terse: bool = False) -> str:
         lib = self._lib
-        flags = self._base_flags | (NFT_CTX_OUTPUT_JSON | NFT_CTX_OUTPUT_TERSE if json_terse else 0)
+        flags = self._base_flags | (NFT_CTX_OUTPUT_JSON if json else 0) | (NFT_CTX_OUTPUT_TERSE if terse else 0)
         lib.nft_ctx_output_set_flags(self._ctx, flags)
         rc = lib.nft_run_cmd_from_buffer(self._ctx, text.encode())
         out = (lib.nft_ctx_get_output_buffer(self._ctx) or b"").decode(errors="replace")
@@ -76,8 +77,8 @@ class NftProcess:
     def __init__(self, binary: str | None = None) -> None:
         self.binary = binary or shutil.which("nft") or "/usr/sbin/nft"
 
-    def run(self, text: str, *, json_terse: bool = False) -> str:
-        argv = [self.binary] + (["-j", "-t"] if json_terse else []) + ["-f", "-"]
+    def run(self, text: str, *, json: bool = False, terse: bool = False) -> str:
+        argv = [self.binary] + (["-j"] if json else []) + (["-t"] if terse else []) + ["-f", "-"]
         try:
             proc = subprocess.run(argv, input=text, capture_output=True, text=True, timeout=120)
         except FileNotFoundError:
@@ -104,4 +105,4 @@ def parse_json(output: str) -> list[dict[str, Any]]:
     """nft -j output -> the list under "nftables" (empty for no output)."""
     if not output.strip():
         return []
-    return json.loads(output).get("nftables", [])
+    return jsonlib.loads(output).get("nftables", [])

@@ -28,11 +28,16 @@ from labgate.dataplane.netns import NamespaceError, NamespaceWorker
 from labgate.dataplane.nft import NftError, NftRunner, open_runner, parse_json
 from labgate.dataplane.render import (
     CHAINS,
+    USAGE_CHAINS,
+    USAGE_SETS,
     ForwardRule,
     GatewayShape,
     render_changes,
     render_check,
+    render_list_set,
     render_gateway_table,
+    render_usage_ensure,
+    render_usage_table,
 )
 
 log = logging.getLogger("labgate.dataplane")
@@ -77,9 +82,12 @@ class GatewayDataplane:
         self._runner: NftRunner | None = None
         self._runner_generation = -1
         self.worker = NamespaceWorker(cfg.netns) if kernel else None
+        self.reader = NamespaceWorker(cfg.netns) if kernel else None
+        self._reader_runner: NftRunner | None = None
+        self._reader_generation = -1
 
     # --- inside the namespace thread -------------------------------------------------------------------------
-    def _nft(self, text: str, *, json_terse: bool = False) -> str:
+    def _nft(self, text: str, *, json: bool = False, terse: bool = False) -> str:
         assert self.worker is not None
         if self._runner is None or self._runner_generation != self.worker.generation:
             # A netlink socket belongs to the namespace it was opened in: re-open after re-entering.
@@ -87,7 +95,7 @@ class GatewayDataplane:
                 self._runner.close()
             self._runner = self._runner_factory()
             self._runner_generation = self.worker.generation
-        return self._runner.run(text, json_terse=json_terse)
+        return self._runner.run(text, json=json, terse=terse)
 
     def _run(self, fn: Callable[[], object], what: str) -> object:
         if self.worker is None:
@@ -191,8 +199,17 @@ class GatewayDataplane:
         started = time.perf_counter()
         try:
             self.refresh_addresses()
-            text = render_gateway_table(self.shape(), rules)
-            self._run(lambda: self._nft(text), "full sync")
+            shape = self.shape()
+            text = render_gateway_table(shape, rules)
+            ids = [r.id for r in rules]
+
+            def job() -> None:
+                # Counters live in their own table: keep it (and its counts) when intact, rebuild it otherwise.
+                usage = render_usage_ensure(shape, ids) if self._table_intact(shape.usage_table, USAGE_CHAINS) \
+                    else render_usage_table(shape, ids)
+                self._nft(text + usage)
+
+            self._run(job, "full sync")
         except DataplaneError:
             SYNC_FAILURES.labels(self.cfg.name, "full").inc()
             raise
@@ -205,27 +222,63 @@ class GatewayDataplane:
         self.forwards_in_kernel = len(rules)
         log.info("event=full_sync gateway=%s forwards=%d seconds=%.3f", self.cfg.name, len(rules), elapsed)
 
-    def intact(self) -> bool:
-        """Cheap drift check: the table exists in the current namespace with every chain and rule in place."""
-        if self.worker is None:
-            return True
-        if self.external_address is None:
-            return False
+    def _table_intact(self, table: str, expected: dict[str, int]) -> bool:
+        """In the namespace thread: does `table` exist with exactly these chains and rule counts? (No elements
+        are listed: terse output, cheap at any size.)"""
         try:
-            out = self._run(lambda: self._nft(render_check(self.shape()), json_terse=True), "checking table")
-        except DataplaneError:
+            out = self._nft(render_check(table), json=True, terse=True)
+        except NftError:
             return False
-        rules: dict[str, int] = {name: 0 for name in CHAINS}
+        rules: dict[str, int] = {name: 0 for name in expected}
         chains = set()
-        for item in parse_json(str(out)):
+        for item in parse_json(out):
             if "chain" in item:
                 chains.add(item["chain"]["name"])
             elif "rule" in item and item["rule"].get("chain") in rules:
                 rules[item["rule"]["chain"]] += 1
+        return chains == set(expected) and rules == expected
+
+    def intact(self) -> bool:
+        """Cheap drift check: both tables exist in the current namespace with every chain and rule in place."""
+        if self.worker is None:
+            return True
+        if self.external_address is None:
+            return False
+        shape = self.shape()
         expected = dict(CHAINS)
         if not self.cfg.masquerade:
             expected["postrouting"] = 0
-        return chains == set(CHAINS) and rules == expected
+        try:
+            return bool(self._run(lambda: self._table_intact(shape.table, expected)
+                                  and self._table_intact(shape.usage_table, USAGE_CHAINS), "checking table"))
+        except DataplaneError:
+            return False
+
+    def read_usage(self) -> dict[int, tuple[int, int, int]]:
+        """{forward id: (connections, packets, bytes)} from the kernel counters. Runs on a second namespace thread
+        so a slow listing never delays an API change."""
+        if self.worker is None or self.external_address is None:
+            return {}
+        table = self.shape().usage_table
+
+        def job() -> dict[int, tuple[int, int, int]]:
+            if self._reader_runner is None or self._reader_generation != self.reader.generation:
+                if self._reader_runner is not None:
+                    self._reader_runner.close()
+                self._reader_runner = self._runner_factory()
+                self._reader_generation = self.reader.generation
+            counts: dict[str, dict[int, tuple[int, int]]] = {}
+            for name in USAGE_SETS:
+                out = self._reader_runner.run(render_list_set(table, name), json=True)
+                counts[name] = parse_counters(out)
+            return {i: (counts["conns"].get(i, (0, 0))[0],) + counts["traffic"].get(i, (0, 0))
+                    for i in counts["traffic"].keys() | counts["conns"].keys()}
+
+        assert self.reader is not None
+        try:
+            return self.reader.run(job)
+        except (NftError, NamespaceError, OSError) as exc:
+            raise DataplaneError(f"reading counters: {exc}".splitlines()[0]) from exc
 
     def remove_table(self) -> None:
         """Delete labgate's table for this gateway (used by `demo --down` and tests); no error if absent."""
@@ -254,6 +307,26 @@ class GatewayDataplane:
                 except Exception:  # noqa: BLE001 - closing on shutdown must not raise
                     pass
             self.worker.close()
+        if self.reader is not None:
+            runner = self._reader_runner
+            if runner is not None:
+                try:
+                    self.reader.run(runner.close, timeout=5)
+                except Exception:  # noqa: BLE001
+                    pass
+            self.reader.close()
+
+
+def parse_counters(output: str) -> dict[int, tuple[int, int]]:
+    """`nft -j list set` output of a counter set -> {element: (packets, bytes)}."""
+    out: dict[int, tuple[int, int]] = {}
+    for item in parse_json(output):
+        for elem in item.get("set", {}).get("elem", []) or []:
+            inner = elem.get("elem", elem) if isinstance(elem, dict) else None
+            if isinstance(inner, dict) and isinstance(inner.get("val"), int):
+                counter = inner.get("counter") or {}
+                out[inner["val"]] = (int(counter.get("packets", 0)), int(counter.get("bytes", 0)))
+    return out
 
 
 RulesLoader = Callable[[GatewayDataplane], list[ForwardRule]]

@@ -77,6 +77,12 @@ class GatewayShape:
     port_ranges: tuple[tuple[int, int], ...]
     masquerade: bool
 
+    @property
+    def usage_table(self) -> str:
+        """The small table of per-forward counters, kept apart so a full re-render of the forwarding table (and
+        listing counters) never has to touch the big maps, and counters survive a re-render."""
+        return f"{self.table}_usage"
+
     def __post_init__(self) -> None:
         if not self.table.replace("_", "").isalnum() or not self.table[0].isalpha():
             raise ValueError(f"table name {self.table!r} is not a plain identifier")
@@ -144,24 +150,69 @@ def render_gateway_table(shape: GatewayShape, rules: Iterable[ForwardRule]) -> s
 
 
 def render_changes(shape: GatewayShape, remove: Iterable[ForwardRule], add: Iterable[ForwardRule]) -> str:
-    """Element deletions then additions, as one batch: a retarget is the old rule removed and the new one added."""
+    """Element deletions then additions, as one batch: a retarget is the old rule removed and the new one added.
+    A forward that stays (same id on both sides) keeps its usage counters."""
     t = shape.table
+    remove, add = list(remove), list(add)
+    kept = {r.id for r in remove} & {r.id for r in add}
     lines: list[str] = []
 
-    def op(verb: str, where: str, items: list[str]) -> None:
+    def op(verb: str, table: str, where: str, items: list[str]) -> None:
         if items:
-            lines.append(f"{verb} element ip {t} {where} {{ {', '.join(items)} }}")
+            lines.append(f"{verb} element ip {table} {where} {{ {', '.join(items)} }}")
 
-    for verb, rules in (("delete", list(remove)), ("add", list(add))):
+    for verb, rules in (("delete", remove), ("add", add)):
         for rule in rules:
-            op(verb, "ids", rule.keys() if verb == "delete" else rule.id_elements())
-            op(verb, "targets", rule.keys() if verb == "delete" else rule.target_elements())
+            op(verb, t, "ids", rule.keys() if verb == "delete" else rule.id_elements())
+            op(verb, t, "targets", rule.keys() if verb == "delete" else rule.target_elements())
             if rule.allowed_sources:
-                op(verb, "restricted", [str(rule.id)])
-                op(verb, "sources", rule.source_elements())
+                op(verb, t, "restricted", [str(rule.id)])
+                op(verb, t, "sources", rule.source_elements())
+            if rule.id not in kept:
+                for counter_set in USAGE_SETS:
+                    op(verb, shape.usage_table, counter_set, [str(rule.id)])
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def render_check(shape: GatewayShape) -> str:
-    """A cheap command whose (terse, JSON) output lets reconcile see whether the table is intact."""
-    return f"list table ip {shape.table}"
+USAGE_SETS = ("conns", "traffic")
+USAGE_CHAINS = {"pre": 1, "forward": 1}
+
+
+def render_usage_table(shape: GatewayShape, ids: Iterable[int]) -> str:
+    """The counters table, replaced whole (its counters start at zero): only when missing or damaged."""
+    u = shape.usage_table
+    items = _elements([str(i) for i in ids])
+    return (
+        f"add table ip {u}\n"
+        f"delete table ip {u}\n"
+        f"table ip {u} {{\n"
+        f"  set conns {{ type mark; counter; {items} }}\n"
+        f"  set traffic {{ type mark; counter; {items} }}\n"
+        f"  chain pre {{\n"
+        f"    type filter hook prerouting priority dstnat + 10; policy accept;\n"
+        # The forwarding table set the mark at dstnat - 10: a new connection of forward N counts once here.
+        f"    ct state new ct mark @conns\n"
+        f"  }}\n"
+        f"  chain forward {{\n"
+        f"    type filter hook forward priority filter + 10; policy accept;\n"
+        f"    ct mark @traffic\n"
+        f"  }}\n"
+        f"}}\n"
+    )
+
+
+def render_usage_ensure(shape: GatewayShape, ids: Iterable[int]) -> str:
+    """Add every id to the counter sets; adding an element that exists is a no-op, so counters are kept."""
+    items = ", ".join(str(i) for i in ids)
+    if not items:
+        return ""
+    return "".join(f"add element ip {shape.usage_table} {name} {{ {items} }}\n" for name in USAGE_SETS)
+
+
+def render_check(table: str) -> str:
+    """A cheap command whose (terse, JSON) output lets reconcile see whether a table is intact."""
+    return f"list table ip {table}"
+
+
+def render_list_set(table: str, name: str) -> str:
+    return f"list set ip {table} {name}"

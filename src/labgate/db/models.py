@@ -6,7 +6,9 @@ from datetime import datetime, timezone
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
+    Float,
     DateTime,
     ForeignKey,
     Index,
@@ -95,3 +97,37 @@ class PortAllocation(Base):
     protocol: Mapped[str] = mapped_column(String(3))
     port: Mapped[int] = mapped_column(Integer)
     forward_id: Mapped[int] = mapped_column(ForeignKey("forwards.id", ondelete="CASCADE"), index=True)
+
+
+class AddressHealth(Base):
+    """Reachability of one target address, as probed from inside its gateway's namespace."""
+
+    __tablename__ = "address_health"
+
+    gateway: Mapped[str] = mapped_column(String(32), primary_key=True)
+    address: Mapped[str] = mapped_column(String(45), primary_key=True)
+    state: Mapped[str] = mapped_column(String(8), default="unknown")  # up, down, unknown
+    rtt_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # consecutive failed cycles
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ForwardState(Base):
+    """What the background workers learned about one forward: its target port's health and its usage."""
+
+    __tablename__ = "forward_state"
+
+    forward_id: Mapped[int] = mapped_column(ForeignKey("forwards.id", ondelete="CASCADE"), primary_key=True)
+    port_state: Mapped[str] = mapped_column(String(12), default="unknown")  # open, refused, timeout, unreachable
+    port_failures: Mapped[int] = mapped_column(Integer, default=0)
+    port_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    connections: Mapped[int] = mapped_column(BigInteger, default=0)
+    packets: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The kernel counters as last read: totals above grow by the difference (a reset counter starts over).
+    raw_connections: Mapped[int] = mapped_column(BigInteger, default=0)
+    raw_packets: Mapped[int] = mapped_column(BigInteger, default=0)
+    raw_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
