@@ -5,11 +5,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 RUN_PACKAGES  = nftables iproute2 conntrack python3-venv
-TEST_PACKAGES = $(RUN_PACKAGES) iputils-ping postgresql
+TEST_PACKAGES = $(RUN_PACKAGES) iputils-ping postgresql rsyslog rsyslog-gnutls openssl
+BENCH_PACKAGES = $(RUN_PACKAGES) iptables iperf3 socat
 APT_PACKAGES ?= $(RUN_PACKAGES)
 CONFIG ?=
 
-.PHONY: run test bench deps test-deps system-deps clean demo
+.PHONY: run test bench deps test-deps bench-deps system-deps clean demo
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { $(MAKE) --no-print-directory system-deps && $(PYTHON) -m venv $(VENV); }
@@ -23,6 +24,9 @@ deps: system-deps $(VENV)/.installed
 
 test-deps:
 	@$(MAKE) --no-print-directory system-deps APT_PACKAGES='$(TEST_PACKAGES)'
+
+bench-deps:
+	@$(MAKE) --no-print-directory system-deps APT_PACKAGES='$(BENCH_PACKAGES)'
 
 # Debian packages the dataplane needs; skipped quietly when they are all present.
 system-deps:
@@ -38,7 +42,8 @@ run: deps
 test: test-deps deps
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
-bench: deps
+# As root: `make bench` (full, ~10 min) or `make bench BENCH_ARGS=--quick` (smoke run); results in bench/results/.
+bench: bench-deps deps
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 demo: deps

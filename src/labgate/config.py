@@ -12,6 +12,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from labgate.workers.sinks import SinkConfig, sink_names
+
 GATEWAY_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
 # "qrouter-<uuid>" is 44 characters; leave room but refuse anything a path or shell could misread.
 NETNS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -121,6 +123,9 @@ class ServerConfig(BaseSettings):
     reconcile_interval: float = Field(default=30.0, gt=0)
     # Every this many seconds the whole table is rendered again even if the cheap check saw no drift.
     full_resync_interval: float = Field(default=600.0, gt=0)
+    # How often kernel usage counters are read into the database, and targets are probed.
+    usage_interval: float = Field(default=60.0, gt=0)
+    health_interval: float = Field(default=60.0, gt=0)
     # Which dataplane applies rules: "nft" (the kernel) or "none" (API only, e.g. `serve --no-agent`).
     dataplane: str = "nft"
     log_level: str = "info"
@@ -239,11 +244,14 @@ class CompatConfig(BaseModel):
 class Settings(BaseModel):
     """The whole configuration of one labgate process."""
 
-    model_config = ConfigDict(extra="forbid")
+    # A mistaken inline secret must not be echoed back in the error message.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     server: ServerConfig = Field(default_factory=ServerConfig)
     gateway: list[GatewayConfig] = Field(default_factory=lambda: [GatewayConfig()])
     compat: CompatConfig = Field(default_factory=CompatConfig)
+    # [[sink]] tables: where events (connections, health changes) are delivered.
+    sink: list[SinkConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique(self) -> "Settings":
@@ -254,6 +262,11 @@ class Settings(BaseModel):
             if gw.table_name in seen:
                 raise ValueError(f"gateway name {gw.name!r} is used twice (or differs only by '-' vs '_')")
             seen.add(gw.table_name)
+        return self
+
+    @model_validator(mode="after")
+    def _sink_names(self) -> "Settings":
+        sink_names(self.sink)  # raises on duplicate names
         return self
 
     @model_validator(mode="after")

@@ -36,6 +36,22 @@ class ForwardPatch(Strict):
     kind: str | None = Field(default=None, max_length=32)
 
 
+class HealthOut(BaseModel):
+    state: Literal["up", "down", "unknown"]
+    address: str
+    port: str | None
+    rtt_ms: float | None
+    last_seen_at: datetime | None
+    last_checked_at: datetime | None
+
+
+class UsageOut(BaseModel):
+    connections: int
+    packets: int
+    bytes: int
+    last_used_at: datetime | None
+
+
 class ForwardOut(BaseModel):
     id: int
     gateway: str
@@ -54,6 +70,8 @@ class ForwardOut(BaseModel):
     status: Literal["active", "disabled", "error"]
     created_at: datetime
     updated_at: datetime
+    health: HealthOut
+    usage: UsageOut
 
 
 class Page(BaseModel):
@@ -71,6 +89,8 @@ class MachineOut(BaseModel):
     kind: str | None
     owner: str
     addresses: list[str]
+    address_health: dict[str, str]
+    status: Literal["up", "down", "unknown"]
     forwards: list[ForwardOut]
 
 
@@ -102,3 +122,15 @@ class ErrorDetail(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorDetail
+
+
+class EventOut(BaseModel):
+    seq: int
+    time: datetime
+    kind: str
+    fields: dict[str, str | int | float | bool | None]
+
+
+class EventList(BaseModel):
+    count: int
+    results: list[EventOut]

@@ -12,7 +12,9 @@ import typer
 from rich.progress import Progress
 
 from labgate.cli import context as ctxmod
-from labgate.cli.output import Format, console, emit_json, fail, table
+from rich.markup import escape
+
+from labgate.cli.output import Format, console, emit_json, err_console, fail, table
 from labgate.client import Client, Forward, LabgateError, ValidationFailed
 
 ContextOpt = Annotated[Optional[str], typer.Option("--context", help="named context from the client config")]
@@ -88,7 +90,8 @@ def login(
                                                 "host": host}
     data["current"] = context
     path = ctxmod.save(data)
-    console.print(f"logged in: context [bold]{context}[/] -> {url} (saved in {path})", highlight=False)
+    console.print(f"logged in: context [bold]{escape(context)}[/] -> {escape(url)} (saved in {escape(str(path))})",
+                  highlight=False)
 
 
 @context_app.command("ls")
@@ -114,7 +117,7 @@ def context_use(name: str) -> None:
         raise ctxmod.ConfigError(f"no context named {name!r}", hint="see `labgate context ls`")
     data["current"] = name
     ctxmod.save(data)
-    console.print(f"current context: {name}")
+    console.print(f"current context: {escape(name)}", highlight=False)
 
 
 # --- forwards ------------------------------------------------------------------------------------------------------
@@ -242,6 +245,7 @@ def forward_edit(
         show_forwards([client.update_forward(forward_id, **changes)], output)
 
 
+APPLY_HINT = "the file is a YAML list of forwards, each with name, target_address and target_port"
 APPLY_KEYS = {"name", "target_address", "target_port", "protocol", "kind", "gateway", "description",
               "allowed_sources", "enabled", "port_count", "external_port"}
 
@@ -252,21 +256,24 @@ def read_apply_file(path: Path) -> list[dict[str, Any]]:
     try:
         data = yaml.safe_load(sys.stdin.read() if str(path) == "-" else path.read_text())
     except FileNotFoundError:
-        raise ValidationFailed(f"{path} does not exist") from None
+        raise ValidationFailed(f"{path} does not exist", hint=APPLY_HINT) from None
     except yaml.YAMLError as exc:
-        raise ValidationFailed(f"{path} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise ValidationFailed(f"{path} is not valid YAML: {problem}{where}", hint=APPLY_HINT) from None
     items = data.get("forwards") if isinstance(data, dict) else data
     if not isinstance(items, list):
-        raise ValidationFailed(f"{path} must hold a list of forwards (or a 'forwards:' list)")
+        raise ValidationFailed(f"{path} must hold a list of forwards (or a 'forwards:' list)", hint=APPLY_HINT)
     for i, item in enumerate(items, 1):
         if not isinstance(item, dict):
-            raise ValidationFailed(f"entry {i} of {path} is not a mapping")
+            raise ValidationFailed(f"entry {i} of {path} is not a mapping", hint=APPLY_HINT)
         unknown = set(item) - APPLY_KEYS
         missing = {"name", "target_address", "target_port"} - set(item)
         if unknown or missing:
             raise ValidationFailed(f"entry {i} of {path}: " + "; ".join(
                 ([f"unknown keys {sorted(unknown)}"] if unknown else []) +
-                ([f"missing {sorted(missing)}"] if missing else [])))
+                ([f"missing {sorted(missing)}"] if missing else [])), hint=APPLY_HINT)
     return items
 
 
@@ -296,8 +303,8 @@ def forward_apply(
             progress.advance(task)
     show_forwards(results, output)
     if failures:
-        for line in failures:
-            console.print(f"[red]failed:[/] {line}", highlight=False)
+        for line in failures:  # stderr: stdout stays parseable with -o json
+            err_console.print(f"[red]failed:[/] {escape(line)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 

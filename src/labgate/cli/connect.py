@@ -19,6 +19,8 @@ import typer
 
 from labgate.cli import context as ctxmod
 from labgate.cli.commands import ContextOpt, client_for, handled
+from rich.markup import escape
+
 from labgate.cli.output import console
 from labgate.client import Forward, NotFound, ValidationFailed
 
@@ -134,9 +136,15 @@ def connect(
         fwd = find_or_create(client, ctx, name, protocol, kind, create, address, gateway or ctx.gateway)
     host = ctx.host or fwd.external_address
     launch = choose(plan(protocol, str(host), fwd.external_port, user))
-    shown = launch.url or shlex.join(launch.printable or launch.candidates[0])
+    # What would run: the client found on this machine, else the usual command (or the URL) to try by hand.
+    if protocol == "scp":
+        shown = shlex.join(launch.printable or [])  # the scp line is the useful answer, whatever GUI is installed
+    elif launch.chosen is not None and not launch.url:
+        shown = shlex.join(launch.chosen)
+    else:
+        shown = launch.url or shlex.join(launch.printable or launch.candidates[0])
     if print_only:
-        typer.echo(shlex.join(launch.printable) if launch.printable and not launch.url else shown)
+        typer.echo(shown)
         return
     if launch.chosen is None:
         # scp's plain command is a complete answer on its own; the others need a program that is missing.
@@ -150,4 +158,4 @@ def connect(
         raise typer.Exit(subprocess.call(launch.chosen))
     subprocess.Popen(launch.chosen, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      start_new_session=True)
-    console.print(f"opened {shlex.join(launch.chosen)}", highlight=False)
+    console.print(f"opened {escape(shlex.join(launch.chosen))}", highlight=False)

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Sequence
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from labgate.client.errors import LabgateError
@@ -46,13 +47,14 @@ def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | No
         # Fold rather than cut: an address or port shown half is worse than a taller table.
         t.add_column(name, overflow="fold")
     for row in rows:
-        t.add_row(*["" if v is None else str(v) for v in row])
+        t.add_row(*["" if v is None else escape(str(v)) for v in row])
     console.print(t)
 
 
 def fail(exc: LabgateError) -> typer.Exit:
     """Print one line and a hint; return the Exit to raise with the error's exit code."""
-    err_console.print(f"[red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+    # Messages quote user text (names, descriptions, file names): never let it be read as markup.
+    err_console.print(f"[red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
     if exc.hint:
-        err_console.print(f"[dim]hint:[/] {exc.hint}", highlight=False, soft_wrap=True)
+        err_console.print(f"[dim]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
     return typer.Exit(exc.exit_code)

@@ -41,6 +41,7 @@ class Unauthorized(LabgateError):
 
 class Forbidden(LabgateError):
     exit_code = 5
+    default_hint = "this needs an admin token"
 
 
 class NotFound(LabgateError):
@@ -50,10 +51,12 @@ class NotFound(LabgateError):
 
 class ValidationFailed(LabgateError):
     exit_code = 2
+    default_hint = "correct the value the message names and try again (see --help)"
 
 
 class Conflict(LabgateError):
     exit_code = 4
+    default_hint = "see what holds it with `labgate forward ls`"
 
 
 class PortTaken(Conflict):

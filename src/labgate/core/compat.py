@@ -3,7 +3,7 @@ and address lookups) into labgate forwards through ForwardService, so ownership,
 the kernel path are exactly those of /api/v1.
 
 The translation:  conn_port = external_port, target_addr = target_address, target_name = name,
-target_component = kind, routable = reachability (see `routable`; None until labgate has health checks).
+target_component = kind, routable = reachability (see `routable`: from the health checks, None until they decide).
 
 What vLab clients see ("the vLab view" of an owner): their enabled, single-port TCP forwards on the compat gateway
 that carry both a name and a kind - exactly the rows the original's table could hold. UDP forwards, port blocks,
@@ -114,13 +114,14 @@ class TokenVerifier:
 
 
 # --- reachability -----------------------------------------------------------------------------------------------
-def routable(owner: str, name: str, addresses: list[str]) -> bool | None:
-    """THE place where reachability plugs in: whether the machine `name` of `owner` (at `addresses`) answers.
+def routable(address_states: list[str]) -> bool | None:
+    """THE place where reachability plugs in: whether a machine answers, from its addresses' health states.
 
-    vLab showed this as "Connectable". labgate has no health checks yet, so the answer is None ("not known"),
-    which vLab clients already handle (they showed the original's value before its first ping). When health
-    exists, answer from its latest result here; nothing else in the compat layer needs to change."""
-    return None
+    vLab showed this as "Connectable": True when every address is up, False when one is down, None while the
+    health checks have not decided yet (as the original before its first ping)."""
+    if not address_states or "unknown" in address_states and "down" not in address_states:
+        return None
+    return "down" not in address_states
 
 
 # --- the vLab view ----------------------------------------------------------------------------------------------
@@ -249,11 +250,13 @@ class VlabService:
                 return {}
             flt.target_address = normal
         machines: dict[str, dict[str, Any]] = {}
+        states: dict[str, dict[str, str]] = {}
         for fwd in self._forwards(who, flt):
             entry = machines.setdefault(fwd["name"], {"component": fwd["kind"], "routable": None, "addr": []})
             entry["component"] = fwd["kind"]  # as the original: the last row's component wins
             if fwd["target_address"] not in entry["addr"]:
                 entry["addr"].append(fwd["target_address"])
+            states.setdefault(fwd["name"], {})[fwd["target_address"]] = fwd["health"]["address"]
         for machine_name, entry in machines.items():
-            entry["routable"] = routable(who.owner, machine_name, entry["addr"])
+            entry["routable"] = routable(list(states[machine_name].values()))
         return machines

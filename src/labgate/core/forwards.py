@@ -26,8 +26,9 @@ from labgate.core.ports import PortPool
 from labgate.core.tokens import Principal
 from labgate.dataplane.reconcile import Dataplane, DataplaneError, GatewayDataplane
 from labgate.dataplane.render import ForwardRule
-from labgate.db.models import Forward, PortAllocation
+from labgate.db.models import AddressHealth, Forward, ForwardState, PortAllocation
 from labgate.db.session import Database
+from labgate.workers.events import Event, EventBus
 
 log = logging.getLogger("labgate.forwards")
 
@@ -79,10 +80,12 @@ def rule_of(fwd: Any, external: ipaddress.IPv4Address) -> ForwardRule:
 
 
 class ForwardService:
-    def __init__(self, settings: Settings, db: Database, dataplane: Dataplane) -> None:
+    def __init__(self, settings: Settings, db: Database, dataplane: Dataplane, bus: EventBus | None = None) -> None:
         self.settings = settings
         self.db = db
         self.dataplane = dataplane
+        self.bus = bus
+        self._event_cache: dict[int, dict[str, Any]] = {}
         self._pools: dict[tuple[str, str], PortPool] = {}
         for gw in settings.gateway:
             for proto in ("tcp", "udp"):
@@ -142,7 +145,49 @@ class ForwardService:
             return "error"
         return "active"
 
-    def to_dict(self, fwd: Forward) -> dict[str, Any]:
+    def _states(self, s: Session, forwards: list[Forward]) -> tuple[dict[int, ForwardState],
+                                                                     dict[tuple[str, str], AddressHealth]]:
+        """Usage and port health per forward, address health per (gateway, address): one query each."""
+        if not forwards:
+            return {}, {}
+        ids = [f.id for f in forwards]
+        states = {st.forward_id: st for st in s.scalars(select(ForwardState).where(ForwardState.forward_id.in_(ids)))}
+        addresses = {f.target_address for f in forwards}
+        health = {(h.gateway, h.address): h for h in s.scalars(
+            select(AddressHealth).where(AddressHealth.address.in_(addresses)))}
+        return states, health
+
+    @staticmethod
+    def health_of(fwd: Forward, st: ForwardState | None, addr: AddressHealth | None) -> dict[str, Any]:
+        """up: the address answers and (TCP) the port accepts; down: either fails; unknown: not probed yet."""
+        address_state = addr.state if addr else "unknown"
+        port_state = st.port_state if st else "unknown"
+        if address_state == "down" or port_state in ("refused", "timeout", "unreachable"):
+            state = "down"
+        elif address_state == "up" and (fwd.protocol == "udp" or port_state == "open"):
+            state = "up"
+        else:
+            state = "unknown"
+        return {
+            "state": state,
+            "address": address_state,
+            "port": port_state if fwd.protocol == "tcp" else None,
+            "rtt_ms": addr.rtt_ms if addr else None,
+            "last_seen_at": addr.last_seen_at if addr else None,
+            "last_checked_at": addr.last_checked_at if addr else None,
+        }
+
+    @staticmethod
+    def usage_of(st: ForwardState | None) -> dict[str, Any]:
+        return {
+            "connections": st.connections if st else 0,
+            "packets": st.packets if st else 0,
+            "bytes": st.bytes if st else 0,
+            "last_used_at": st.last_used_at if st else None,
+        }
+
+    def to_dict(self, fwd: Forward, st: ForwardState | None = None, addr: AddressHealth | None = None
+                ) -> dict[str, Any]:
         gwdp = self.dataplane.get(fwd.gateway)
         ext = gwdp.external_address if gwdp else None
         return {
@@ -163,7 +208,35 @@ class ForwardService:
             "status": self._status(fwd),
             "created_at": fwd.created_at,
             "updated_at": fwd.updated_at,
+            "health": self.health_of(fwd, st, addr),
+            "usage": self.usage_of(st),
         }
+
+    def _dicts(self, s: Session, forwards: list[Forward]) -> list[dict[str, Any]]:
+        states, health = self._states(s, forwards)
+        return [self.to_dict(f, states.get(f.id), health.get((f.gateway, f.target_address))) for f in forwards]
+
+    def event_fields(self, forward_id: int) -> dict[str, Any] | None:
+        """gateway, owner and name of a forward, for connection events (cached: ids are never reused)."""
+        cached = self._event_cache.get(forward_id)
+        if cached is None:
+            with self.db.reader() as s:
+                row = s.execute(select(Forward.gateway, Forward.owner, Forward.name).where(
+                    Forward.id == forward_id)).first()
+            if row is None:
+                return None
+            if len(self._event_cache) > 100_000:
+                self._event_cache.clear()
+            cached = self._event_cache[forward_id] = {"gateway": row.gateway, "owner": row.owner, "name": row.name}
+        return cached
+
+    def _publish(self, action: str, fwd: Forward, **extra: Any) -> None:
+        if self.bus is not None:
+            self._event_cache.pop(fwd.id, None)
+            self.bus.publish(Event.new("forward", action=action, gateway=fwd.gateway, forward_id=fwd.id,
+                                       owner=fwd.owner, name=fwd.name, protocol=fwd.protocol,
+                                       external_port=fwd.external_port, target_ip=fwd.target_address,
+                                       target_port=fwd.target_port, enabled=fwd.enabled, **extra))
 
     def _commit_with_kernel(self, s: Session, gwdp: GatewayDataplane, remove: list[ForwardRule],
                             add: list[ForwardRule], cut: list[int]) -> None:
@@ -236,7 +309,9 @@ class ForwardService:
                     pool.release(start, count)
             log.info("event=forward_created id=%d owner=%s gateway=%s %s/%d -> %s:%d", fwd.id, fwd.owner,
                      cfg.name, protocol, start, fwd.target_address, fwd.target_port)
-            return self.to_dict(fwd)
+            self._publish("created", fwd)
+        with self.db.reader() as r:
+            return self._dicts(r, [fwd])[0]
 
     def _allocate(self, s: Session, pool: PortPool, fwd: Forward, requested: int | None, count: int) -> int:
         """Insert the allocation rows for `fwd`; returns the first port. 409 when taken or exhausted."""
@@ -275,7 +350,7 @@ class ForwardService:
 
     def get(self, principal: Principal, forward_id: int) -> dict[str, Any]:
         with self.db.reader() as s:
-            return self.to_dict(self._owned(s, principal, forward_id))
+            return self._dicts(s, [self._owned(s, principal, forward_id)])[0]
 
     def list(self, principal: Principal, flt: ForwardFilter, *, limit: int = 50,
              offset: int = 0) -> tuple[int, list[dict[str, Any]]]:
@@ -295,8 +370,8 @@ class ForwardService:
         where = and_(*conds) if conds else True
         with self.db.reader() as s:
             total = s.scalar(select(func.count()).select_from(Forward).where(where)) or 0
-            rows = s.scalars(select(Forward).where(where).order_by(Forward.id).limit(limit).offset(offset)).all()
-            return total, [self.to_dict(f) for f in rows]
+            rows = list(s.scalars(select(Forward).where(where).order_by(Forward.id).limit(limit).offset(offset)))
+            return total, self._dicts(s, rows)
 
     def update(self, principal: Principal, forward_id: int, changes: dict[str, Any]) -> dict[str, Any]:
         unknown = set(changes) - PATCHABLE
@@ -341,7 +416,9 @@ class ForwardService:
                 s.commit()
             log.info("event=forward_updated id=%d owner=%s fields=%s", fwd.id, principal.owner,
                      ",".join(sorted(changes)))
-            return self.to_dict(fwd)
+            self._publish("updated", fwd, changed=",".join(sorted(changes)))
+        with self.db.reader() as r:
+            return self._dicts(r, [fwd])[0]
 
     def delete(self, principal: Principal, forward_id: int) -> None:
         with self.db.writer() as s:
@@ -354,11 +431,13 @@ class ForwardService:
             self._commit_with_kernel(s, gwdp, [old_rule] if old_rule else [], [], [forward_id] if old_rule else [])
             self._pools[(cfg.name, proto)].release(start, count)
             log.info("event=forward_deleted id=%d owner=%s", forward_id, principal.owner)
+            self._publish("deleted", fwd)
 
     # --- views ---------------------------------------------------------------------------------------------------
     def machines(self, principal: Principal, *, name: str | None = None, kind: str | None = None,
-                 owner: str | None = None) -> list[dict[str, Any]]:
-        """The IPAM view: one entry per machine name (per owner), with its kind, addresses and forwards."""
+                 owner: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        """The IPAM view: one entry per machine name (per owner), with its kind, addresses, health and forwards.
+        status: "up" (every address answers), "down" (one does not: a bad record), "unknown" (not probed yet)."""
         query = select(Forward).where(Forward.name.is_not(None)).order_by(Forward.name, Forward.id)
         if not principal.admin:
             query = query.where(Forward.owner == principal.owner)
@@ -370,14 +449,25 @@ class ForwardService:
             query = query.where(Forward.kind == kind)
         machines: dict[tuple[str, str], dict[str, Any]] = {}
         with self.db.reader() as s:
-            for fwd in s.scalars(query):
+            rows = list(s.scalars(query))
+            states, health = self._states(s, rows)
+            for fwd in rows:
                 entry = machines.setdefault((fwd.owner, fwd.name), {
-                    "name": fwd.name, "kind": fwd.kind, "owner": fwd.owner, "addresses": [], "forwards": []})
+                    "name": fwd.name, "kind": fwd.kind, "owner": fwd.owner, "addresses": [], "forwards": [],
+                    "address_health": {}})
                 entry["kind"] = entry["kind"] or fwd.kind
                 if fwd.target_address not in entry["addresses"]:
                     entry["addresses"].append(fwd.target_address)
-                entry["forwards"].append(self.to_dict(fwd))
-        return list(machines.values())
+                h = health.get((fwd.gateway, fwd.target_address))
+                entry["address_health"][fwd.target_address] = h.state if h else "unknown"
+                entry["forwards"].append(self.to_dict(fwd, states.get(fwd.id), h))
+        out = []
+        for entry in machines.values():
+            states_seen = set(entry["address_health"].values())
+            entry["status"] = "down" if "down" in states_seen else "up" if states_seen == {"up"} else "unknown"
+            if status is None or entry["status"] == status:
+                out.append(entry)
+        return out
 
     def gateways(self) -> list[dict[str, Any]]:
         with self.db.reader() as s:

@@ -9,6 +9,11 @@ from labgate.core.forwards import ForwardService
 from labgate.dataplane.reconcile import Dataplane
 from labgate.db.migrate import upgrade
 from labgate.db.session import Database
+from labgate.workers.connections import ConnectionWatcher
+from labgate.workers.events import EventBus
+from labgate.workers.health import HealthMonitor
+from labgate.workers.periodic import Periodic
+from labgate.workers.usage import UsageCollector
 
 log = logging.getLogger("labgate")
 
@@ -26,8 +31,17 @@ class Labgate:
             interval=settings.server.reconcile_interval,
             full_interval=settings.server.full_resync_interval,
         )
-        self.forwards = ForwardService(settings, self.db, self.dataplane)
+        self.bus = EventBus(self._sinks())
+        self.forwards = ForwardService(settings, self.db, self.dataplane, bus=self.bus)
+        self.usage = UsageCollector(self.db, self.dataplane)
+        self.health = HealthMonitor(settings, self.db, self.bus)
+        self.workers: list = []
         self.started = False
+
+    def _sinks(self) -> list:
+        from labgate.workers.sinks import build_sinks
+
+        return build_sinks(self.settings.sink)
 
     def start(self) -> None:
         upgrade(self.db.engine)
@@ -38,9 +52,25 @@ class Labgate:
                     log.error("event=gateway_not_ready gateway=%s error=%r (retrying in the background)",
                               gw.cfg.name, gw.last_error)
         self.dataplane.start()
+        self.bus.start()
+        if self.dataplane_enabled:
+            self.workers.append(Periodic("usage", self.settings.server.usage_interval, self.usage.collect_once))
+            self.workers.append(Periodic("health", self.settings.server.health_interval, self.health.check_once))
+            for gw in self.settings.gateway:
+                self.workers.append(ConnectionWatcher(gw.name, gw.netns, self.bus, self.forwards.event_fields))
+        for worker in self.workers:
+            worker.start()
         self.started = True
 
+    @property
+    def dataplane_enabled(self) -> bool:
+        return self.settings.server.dataplane == "nft"
+
     def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.workers.clear()
         self.dataplane.stop()
+        self.bus.stop(timeout=5)
         self.db.dispose()
         self.started = False

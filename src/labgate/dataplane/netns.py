@@ -38,6 +38,12 @@ def netns_inode(name: str) -> int | None:
         return None
 
 
+def enter(name: str) -> None:
+    """Move the calling thread into namespace `name` ("" = stay). For long-running threads of their own."""
+    if name:
+        _setns(netns_path(name))
+
+
 def _setns(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

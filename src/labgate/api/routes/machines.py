@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 
@@ -21,8 +21,9 @@ def list_machines(
     name: Annotated[str | None, Query(max_length=63)] = None,
     kind: Annotated[str | None, Query(max_length=32)] = None,
     owner: Annotated[str | None, Query(max_length=64, description="admins only")] = None,
+    status: Annotated[Literal["up", "down", "unknown"] | None, Query(description="down = bad records")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> dict:
-    machines = lg.forwards.machines(who, name=name, kind=kind, owner=owner)
+    machines = lg.forwards.machines(who, name=name, kind=kind, owner=owner, status=status)
     return page(request, len(machines), machines[offset:offset + limit], limit, offset)

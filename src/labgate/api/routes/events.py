@@ -1,0 +1,32 @@
+"/api/v1/events: recent events (connections, forward changes, health changes), newest last; yours unless admin."
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from labgate.api.deps import LabgateDep, PrincipalDep
+from labgate.api.schemas import EventList
+
+router = APIRouter(prefix="/api/v1/events", tags=["events"])
+
+
+@router.get("", response_model=EventList)
+def list_events(
+    lg: LabgateDep,
+    who: PrincipalDep,
+    kind: Annotated[str | None, Query(max_length=32, pattern=r"^[a-z][a-z0-9_-]*$")] = None,
+    gateway: Annotated[str | None, Query(max_length=32)] = None,
+    forward_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+    owner: Annotated[str | None, Query(max_length=64, description="admins only")] = None,
+    since_seq: Annotated[int | None, Query(ge=0, le=2**62, description="only events after this seq")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict:
+    """Events kept in memory (the most recent 10,000). Poll with since_seq = the last seq you saw."""
+    if not who.admin:
+        owner = who.owner  # someone else's connections are not yours to see
+    events = lg.bus.recent(kind=kind, gateway=gateway, owner=owner, forward_id=forward_id, since_seq=since_seq,
+                           limit=limit)
+    results = [{"seq": e.seq, "time": e.time, "kind": e.kind, "fields": dict(e.fields)} for e in events]
+    return {"count": len(results), "results": results}

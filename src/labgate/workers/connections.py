@@ -1,0 +1,152 @@
+"""Every new forwarded connection becomes a "connection" event, read from the kernel inside the gateway namespace.
+
+Source: conntrack NEW events (`conntrack -E -e NEW`), run in the gateway's namespace. Connections labgate forwards
+carry the forward's id as their connection mark (set by the forwarding table), so the event names its forward; the
+forward's owner and machine name come from the database (cached). The program's output is line-buffered through
+`stdbuf`; when it exits (the namespace was re-created, conntrack was restarted) it is started again with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from labgate.dataplane import netns
+from labgate.workers.events import Event, EventBus
+
+log = logging.getLogger("labgate.connections")
+
+_KV = re.compile(r"(\w+)=(\S+)")
+
+
+@dataclass(frozen=True)
+class ConntrackNew:
+    """One NEW conntrack event: the original direction, and where the reply comes from (the real target)."""
+
+    protocol: str
+    src_ip: str
+    src_port: int
+    dst_ip: str
+    dst_port: int
+    target_ip: str
+    target_port: int
+    mark: int
+
+
+def parse_event(line: str) -> ConntrackNew | None:
+    """Parse a line of `conntrack -E -o timestamp,extended,id`; None for anything else (or another protocol)."""
+    if "[NEW]" not in line:
+        return None
+    words = line.split()
+    protocol = next((w for w in words if w in ("tcp", "udp")), None)
+    if protocol is None:
+        return None
+    pairs = _KV.findall(line)
+    src = [v for k, v in pairs if k == "src"]
+    dst = [v for k, v in pairs if k == "dst"]
+    sport = [v for k, v in pairs if k == "sport"]
+    dport = [v for k, v in pairs if k == "dport"]
+    marks = [v for k, v in pairs if k == "mark"]
+    if len(src) < 2 or len(sport) < 2 or len(dst) < 1 or len(dport) < 1 or not marks:
+        return None
+    try:
+        return ConntrackNew(protocol, src[0], int(sport[0]), dst[0], int(dport[0]), src[1], int(sport[1]),
+                            int(marks[0], 0))
+    except ValueError:
+        return None
+
+
+ForwardLookup = Callable[[int], "dict | None"]
+
+
+class ConnectionWatcher:
+    """Publishes a connection event for each new connection through a forward of one gateway."""
+
+    def __init__(self, gateway: str, netns_name: str, bus: EventBus, lookup: ForwardLookup) -> None:
+        self.gateway = gateway
+        self.netns = netns_name
+        self.bus = bus
+        self.lookup = lookup
+        self._stop = threading.Event()
+        self._proc: subprocess.Popen | None = None
+        self._thread: threading.Thread | None = None
+        self.seen = 0
+        self.last_error: str | None = None
+        self.ready = threading.Event()  # set once conntrack has had a moment to subscribe
+
+    def _command(self) -> list[str]:
+        conntrack = shutil.which("conntrack") or "/usr/sbin/conntrack"
+        argv = [conntrack, "-E", "-e", "NEW", "-o", "timestamp,extended,id"]
+        stdbuf = shutil.which("stdbuf")
+        return [stdbuf, "-oL"] + argv if stdbuf else argv
+
+    def handle(self, line: str) -> Event | None:
+        """Turn one conntrack line into a published event (None when it is not one of our forwards)."""
+        ct = parse_event(line)
+        if ct is None or ct.mark == 0:
+            return None
+        fwd = self.lookup(ct.mark)
+        if fwd is None or fwd.get("gateway") != self.gateway:
+            return None
+        self.seen += 1
+        return self.bus.publish(Event.new(
+            "connection", gateway=self.gateway, forward_id=ct.mark, owner=fwd.get("owner"), name=fwd.get("name"),
+            protocol=ct.protocol, src_ip=ct.src_ip, src_port=ct.src_port, external_port=ct.dst_port,
+            target_ip=ct.target_ip, target_port=ct.target_port))
+
+    def _run(self) -> None:
+        try:
+            netns.enter(self.netns)  # this thread, and the conntrack child it starts, live in the gateway namespace
+        except netns.NamespaceError as exc:
+            self.last_error = str(exc)
+        delay = 1.0
+        while not self._stop.is_set():
+            if netns.netns_inode(self.netns) is None:
+                self._stop.wait(delay)
+                continue
+            try:
+                netns.enter(self.netns)  # re-enter: the namespace may have been re-created
+                self._proc = subprocess.Popen(self._command(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                              text=True, bufsize=1)
+            except (OSError, netns.NamespaceError) as exc:
+                self.last_error = f"conntrack events: {exc}"
+                log.error("event=connection_watch_failed gateway=%s error=%r", self.gateway, self.last_error)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 30)
+                continue
+            started = time.monotonic()
+            threading.Timer(0.3, self.ready.set).start()
+            assert self._proc.stdout is not None
+            for line in self._proc.stdout:
+                try:
+                    self.handle(line)
+                except Exception:  # noqa: BLE001 - one odd line must not stop the watcher
+                    log.exception("event=connection_line_failed gateway=%s", self.gateway)
+            self._proc.wait()
+            if time.monotonic() - started > 30:
+                delay = 1.0
+            if not self._stop.is_set():
+                self._stop.wait(delay)
+                delay = min(delay * 2, 30)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"conntrack-{self.gateway}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5) -> None:
+        self._stop.set()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self._thread is not None:
+            self._thread.join(timeout)
