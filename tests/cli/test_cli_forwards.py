@@ -24,9 +24,8 @@ def test_add_json_with_every_option(logged_in: Cli, lab: Lab) -> None:
                     "--gateway", "default", "--external-port", "4050", "--port-count", "3",
                     "--allow", "203.0.113.0/24", "--allow", "192.0.2.7/32", "--description", "vnc", "--disabled",
                     "-o", "json")
-    data = res.json()
-    assert isinstance(data, list) and len(data) == 1
-    fwd = data[0]
+    fwd = res.json()
+    assert isinstance(fwd, dict)  # one forward is one object, not a list
     assert subset(contract(fwd), {"gateway": "default", "protocol": "udp", "external_address": EXTERNAL,
                    "external_port": 4050, "port_count": 3, "target_address": "10.9.0.6", "target_port": 5900,
                    "name": "desk", "kind": "windows", "owner": "alice", "description": "vnc", "enabled": False,
@@ -44,10 +43,10 @@ def test_add_uses_the_context_gateway(cli: Cli, tmp_path) -> None:
     gateways = [gw("default"), gw("lab2", port_range=["5000-5010"], external_address="198.51.100.2")]
     with lab_for(f"sqlite:///{tmp_path}/two.db", gateways) as two:
         cli.configure(two.url, two.tokens["alice"], gateway="lab2")
-        (fwd,) = cli("forward", "add", "10.9.0.5", "22", "-o", "json").json()
+        fwd = cli("forward", "add", "10.9.0.5", "22", "-o", "json").json()
         assert (fwd["gateway"], fwd["external_address"], fwd["external_port"]) == ("lab2", "198.51.100.2", 5000)
         # An explicit --gateway wins over the context's.
-        (fwd,) = cli("forward", "add", "10.9.0.5", "22", "--gateway", "default", "-o", "json").json()
+        fwd = cli("forward", "add", "10.9.0.5", "22", "--gateway", "default", "-o", "json").json()
         assert (fwd["gateway"], fwd["external_port"]) == ("default", 4000)
 
 
@@ -119,7 +118,7 @@ def test_disable_enable(logged_in: Cli, lab: Lab) -> None:
     (row,) = parse_table(logged_in("forward", "disable", str(fwd["id"])).ok().stdout)
     assert row["status"] == "disabled" and row["id"] == str(fwd["id"])
     assert lab.get(fwd["id"]).json()["enabled"] is False
-    (data,) = logged_in("forward", "enable", str(fwd["id"]), "-o", "json").json()
+    data = logged_in("forward", "enable", str(fwd["id"]), "-o", "json").json()
     assert data["enabled"] is True and data["status"] == "active" and data["external_port"] == fwd["external_port"]
     assert lab.get(fwd["id"]).json()["enabled"] is True
 
@@ -132,10 +131,10 @@ def test_edit(logged_in: Cli, lab: Lab) -> None:
     assert (row["name"], row["kind"], row["description"]) == ("vm9", "centos", "moved")
     stored = lab.get(fwd["id"]).json()
     assert (stored["target_address"], stored["target_port"], stored["name"]) == ("10.9.0.9", 2222, "vm9")
-    (data,) = logged_in("forward", "edit", str(fwd["id"]), "--allow", "203.0.113.0/24", "--allow",
-                        "198.51.100.0/24", "-o", "json").json()
+    data = logged_in("forward", "edit", str(fwd["id"]), "--allow", "203.0.113.0/24", "--allow",
+                     "198.51.100.0/24", "-o", "json").json()
     assert data["allowed_sources"] == ["203.0.113.0/24", "198.51.100.0/24"]
-    (data,) = logged_in("forward", "edit", str(fwd["id"]), "--allow-any", "-o", "json").json()
+    data = logged_in("forward", "edit", str(fwd["id"]), "--allow-any", "-o", "json").json()
     assert data["allowed_sources"] == [] and lab.get(fwd["id"]).json()["allowed_sources"] == []
 
 

@@ -53,6 +53,14 @@ def forward_row(f: Forward) -> tuple:
     return (f.id, f.name, f.kind, f.protocol, f.external, target, f.status, f.owner, f.description)
 
 
+def show_forward(fwd: Forward, output: Format) -> None:
+    """One forward: a one-row table, or a JSON object (not a list) for scripts."""
+    if output == Format.json:
+        emit_json(fwd)
+    else:
+        table(FORWARD_COLUMNS, [forward_row(fwd)])
+
+
 def show_forwards(forwards: list[Forward], output: Format) -> None:
     if output == Format.json:
         emit_json(forwards)
@@ -145,7 +153,7 @@ def forward_add(
                                     gateway=gateway or ctx.gateway, external_port=external_port,
                                     port_count=port_count, allowed_sources=allow or None,
                                     description=description, enabled=not disabled)
-    show_forwards([fwd], output)
+    show_forward(fwd, output)
 
 
 @forward_app.command("ls")
@@ -202,7 +210,7 @@ def forward_enable(forward_id: int, context: ContextOpt = None, output: OutputOp
     """Switch a forward on."""
     client, _ = client_for(context)
     with client:
-        show_forwards([client.enable_forward(forward_id)], output)
+        show_forward(client.enable_forward(forward_id), output)
 
 
 @forward_app.command("disable")
@@ -211,7 +219,7 @@ def forward_disable(forward_id: int, context: ContextOpt = None, output: OutputO
     """Switch a forward off, keeping its port (open sessions are cut)."""
     client, _ = client_for(context)
     with client:
-        show_forwards([client.disable_forward(forward_id)], output)
+        show_forward(client.disable_forward(forward_id), output)
 
 
 @forward_app.command("edit")
@@ -242,7 +250,7 @@ def forward_edit(
         raise fail(ValidationFailed("nothing to change", hint="see `labgate forward edit --help`"))
     client, _ = client_for(context)
     with client:
-        show_forwards([client.update_forward(forward_id, **changes)], output)
+        show_forward(client.update_forward(forward_id, **changes), output)
 
 
 APPLY_HINT = "the file is a YAML list of forwards, each with name, target_address and target_port"

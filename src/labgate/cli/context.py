@@ -100,8 +100,9 @@ def resolve(name: str | None = None) -> Context:
     """The context to use: `name`, else the file's current one; then LABGATE_URL/LABGATE_TOKEN on top."""
     data = load()
     contexts = data.get("contexts", {})
-    chosen = name or os.environ.get("LABGATE_CONTEXT") or data.get("current")
-    if name and name not in contexts:
+    name = name or os.environ.get("LABGATE_CONTEXT") or None
+    chosen = name or data.get("current")
+    if name and name not in contexts and not os.environ.get("LABGATE_URL"):
         raise ConfigError(f"no context named {name!r} in {config_path()}",
                           hint="see `labgate context ls`, or create it with `labgate login --context NAME`")
     ctx = Context(chosen or "default", **{k: contexts.get(chosen, {}).get(k) for k in CONTEXT_KEYS})
