@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import binascii
 import ipaddress
 import os
 import re
@@ -9,6 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import dns.name
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -18,6 +20,8 @@ GATEWAY_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
 # "qrouter-<uuid>" is 44 characters; leave room but refuse anything a path or shell could misread.
 NETNS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PRIVATE_NETWORKS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+# An interface name as the kernel allows it (IFNAMSIZ 16 with the NUL), minus anything `ip` could misread.
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 
 
 class ConfigError(ValueError):
@@ -48,12 +52,29 @@ class GatewayConfig(BaseModel):
     port_range: list[str] = Field(default_factory=lambda: ["4000-4999"])
     target_networks: list[str] = Field(default_factory=lambda: list(PRIVATE_NETWORKS))
     masquerade: bool = True
+    # Dynamic DNS (docs/ddns.md): the name kept pointing at this gateway's address, inside [ddns] zone ...
+    dns_name: str | None = None
+    # ... and where that address is read: this interface inside the gateway's namespace (its first global IPv4
+    # address); unset = external_address (the configured one, or for "auto" the default route's).
+    ddns_interface: str | None = None
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
         if not GATEWAY_NAME_RE.fullmatch(v):
             raise ValueError("gateway name must match [a-z][a-z0-9_-]{0,30}")
+        return v
+
+    @field_validator("dns_name")
+    @classmethod
+    def _dns_name(cls, v: str | None) -> str | None:
+        return None if v is None else dns_name_text(v, "dns_name")
+
+    @field_validator("ddns_interface")
+    @classmethod
+    def _ddns_interface(cls, v: str | None) -> str | None:
+        if v is not None and not IFNAME_RE.fullmatch(v):
+            raise ValueError("ddns_interface must be an interface name (1-15 of letters, digits, '_', '.', ':', '-')")
         return v
 
     @field_validator("netns")
@@ -241,6 +262,163 @@ class CompatConfig(BaseModel):
         return self
 
 
+# --- dynamic DNS -------------------------------------------------------------------------------------------------
+
+# TSIG algorithms accepted for [ddns] (RFC 8945); names as BIND's `tsig-keygen -a` and dnspython spell them.
+TSIG_ALGORITHMS = ("hmac-sha224", "hmac-sha256", "hmac-sha384", "hmac-sha512")
+_KEY_BLOCK_RE = re.compile(r'key\s+"?([A-Za-z0-9._-]+)"?\s*\{(.*?)\}\s*;', re.S)
+_KEY_ALGORITHM_RE = re.compile(r"algorithm\s+\"?([A-Za-z0-9-]+)\"?\s*;")
+_KEY_SECRET_RE = re.compile(r'secret\s+"([^"]*)"\s*;')
+DDNS_INLINE_SECRET_KEYS = ("secret", "key", "password", "token", "tsig_secret", "key_secret")
+
+
+def dns_name_text(value: str, what: str) -> str:
+    """A DNS name as labgate stores it: lower case, absolute, without the final dot ('lab.example.net')."""
+    if not isinstance(value, str) or not value.strip(".") or any(c.isspace() for c in value):
+        raise ValueError(f"{what} must be a DNS name such as 'lab.example.net'")
+    try:
+        name = dns.name.from_text(value.lower())
+    except dns.exception.DNSException as exc:
+        raise ValueError(f"{what} {value!r} is not a valid DNS name: {exc}") from None
+    if len(name.labels) < 2:
+        raise ValueError(f"{what} {value!r} is not a valid DNS name")
+    return name.to_text(omit_final_dot=True)
+
+
+class TsigKey(BaseModel):
+    """A TSIG key read from [ddns] key_file. The secret (base64) stays in memory; repr() never shows it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    algorithm: str
+    secret: str = Field(repr=False)
+
+
+def load_tsig_key(path: str, name: str | None, algorithm: str | None) -> TsigKey:
+    """Read the TSIG secret from `path`: either the base64 secret alone, or a BIND key file as `tsig-keygen`
+    writes it (`key "NAME" { algorithm hmac-sha256; secret "..."; };`), whose name and algorithm then fill in
+    what the config leaves out (and must agree with what it says).
+
+    Raises ValueError with a readable reason that never contains the file's content."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ValueError(f"ddns.key_file {path!r} cannot be read: {reason}") from None
+    blocks = _KEY_BLOCK_RE.findall(text)
+    if blocks:
+        if name is not None:
+            blocks = [b for b in blocks if b[0].rstrip(".").lower() == name.rstrip(".").lower()]
+            if not blocks:
+                raise ValueError(f"ddns.key_file {path!r} holds no key named {name!r}")
+        elif len(blocks) > 1:
+            raise ValueError(f"ddns.key_file {path!r} holds several keys: say which one with ddns.key_name")
+        key_name, body = blocks[0]
+        alg = _KEY_ALGORITHM_RE.search(body)
+        sec = _KEY_SECRET_RE.search(body)
+        if alg is None or sec is None:
+            raise ValueError(f"ddns.key_file {path!r}: the key block needs an algorithm and a secret")
+        file_algorithm = alg.group(1).lower()
+        if algorithm is not None and file_algorithm != algorithm:
+            raise ValueError(f"ddns.key_file {path!r} says algorithm {file_algorithm}, the config says {algorithm}")
+        name, algorithm, secret = key_name, file_algorithm, sec.group(1).strip()
+    else:
+        if "{" in text or "}" in text:
+            raise ValueError(f"ddns.key_file {path!r} is neither a base64 secret nor a BIND key block")
+        secret = "".join(text.split())
+        if name is None or algorithm is None:
+            raise ValueError(f"ddns.key_file {path!r} holds only a secret: ddns.key_name and ddns.key_algorithm "
+                             "are needed too")
+    if algorithm not in TSIG_ALGORITHMS:
+        raise ValueError(f"TSIG algorithm {algorithm!r} is not supported; use one of {', '.join(TSIG_ALGORITHMS)}")
+    try:
+        raw = binascii.a2b_base64(secret.encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raw = b""
+    if not raw:
+        raise ValueError(f"ddns.key_file {path!r}: the secret is not valid base64 (make one with "
+                         f"`tsig-keygen -a {algorithm} NAME`)")
+    return TsigKey(name=name.rstrip(".").lower(), algorithm=algorithm, secret=secret)
+
+
+class DdnsConfig(BaseModel):
+    """The [ddns] section: RFC 2136 updates, signed with TSIG, to one authoritative server (docs/ddns.md)."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    server: str                              # the primary's IP address (v4 or v6)
+    port: int = Field(default=53, ge=1, le=65535)
+    zone: str                                # gateways' dns_name live in this zone
+    key_name: str | None = None              # default: the name in key_file's key block
+    key_algorithm: str | None = None         # default: the algorithm in key_file's key block
+    key_file: str                            # the secret: never inline, never logged, never returned by the API
+    ttl: int = Field(default=60, ge=0, le=86400)
+    # ddns_refresh: every record is sent again this often even when nothing changed (repairs hand edits).
+    refresh: float = Field(default=120.0, gt=0)
+    # How often the gateways' addresses (and the forwards, for machine records) are looked at.
+    check_interval: float = Field(default=5.0, gt=0)
+    timeout: float = Field(default=5.0, gt=0)  # per update (TCP connect + answer)
+    retry_initial: float = Field(default=1.0, gt=0)
+    retry_max: float = Field(default=60.0, gt=0)
+    # Optional: a zone for machines: <machine name>.<machine_zone> A -> its addresses while it has enabled forwards,
+    # and one TXT record per forward ("tcp/22 -> alice.lab.example.net:4000"). May be the same as `zone`.
+    machine_zone: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_secret(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            inline = [k for k in data if isinstance(k, str) and k.lower() in DDNS_INLINE_SECRET_KEYS]
+            if inline:
+                raise ValueError(f"ddns.{inline[0]} is not accepted: the TSIG secret is only read from a file "
+                                 "named by ddns.key_file (e.g. the output of `tsig-keygen -a hmac-sha256 NAME`)")
+        return data
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, v: str) -> str:
+        try:
+            return str(ipaddress.ip_address(v.strip("[]")))
+        except ValueError:
+            raise ValueError("ddns.server must be an IP address (the zone's primary server)") from None
+
+    @field_validator("zone", "machine_zone")
+    @classmethod
+    def _zone(cls, v: str | None, info: Any) -> str | None:
+        return None if v is None else dns_name_text(v, f"ddns.{info.field_name}")
+
+    @field_validator("key_name")
+    @classmethod
+    def _key_name(cls, v: str | None) -> str | None:
+        return None if v is None else dns_name_text(v + ".x" if "." not in v.strip(".") else v,
+                                                    "ddns.key_name").removesuffix(".x")
+
+    @field_validator("key_algorithm")
+    @classmethod
+    def _algorithm(cls, v: str | None) -> str | None:
+        if v is not None and v.lower() not in TSIG_ALGORITHMS:
+            raise ValueError(f"ddns.key_algorithm must be one of {', '.join(TSIG_ALGORITHMS)}")
+        return None if v is None else v.lower()
+
+    @model_validator(mode="after")
+    def _checks(self) -> "DdnsConfig":
+        if self.retry_max < self.retry_initial:
+            raise ValueError("ddns.retry_max must not be less than ddns.retry_initial")
+        key = self.load_key()  # fail at start, not at the first update
+        object.__setattr__(self, "key_name", key.name)
+        object.__setattr__(self, "key_algorithm", key.algorithm)
+        return self
+
+    def load_key(self) -> TsigKey:
+        """Read key_file now (it is read again before every update, so a rotated secret needs no restart)."""
+        return load_tsig_key(self.key_file, self.key_name, self.key_algorithm)
+
+    @property
+    def server_text(self) -> str:
+        return f"[{self.server}]:{self.port}" if ":" in self.server else f"{self.server}:{self.port}"
+
+
 class Settings(BaseModel):
     """The whole configuration of one labgate process."""
 
@@ -252,6 +430,8 @@ class Settings(BaseModel):
     compat: CompatConfig = Field(default_factory=CompatConfig)
     # [[sink]] tables: where events (connections, health changes) are delivered.
     sink: list[SinkConfig] = Field(default_factory=list)
+    # [ddns]: keep gateways' (and optionally machines') names right in DNS; absent = off.
+    ddns: DdnsConfig | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> "Settings":
@@ -275,6 +455,31 @@ class Settings(BaseModel):
             raise ValueError("compat.gateway must name the gateway the vLab API acts on (there are several)")
         if self.compat.gateway is not None and self.get_gateway(self.compat.gateway) is None:
             raise ValueError(f"compat.gateway {self.compat.gateway!r} is not one of the [[gateway]] names")
+        return self
+
+    @model_validator(mode="after")
+    def _ddns(self) -> "Settings":
+        named = [g for g in self.gateway if g.dns_name]
+        for gw in self.gateway:
+            if gw.ddns_interface and not gw.dns_name:
+                raise ValueError(f"gateway {gw.name!r} has ddns_interface but no dns_name to publish")
+        if self.ddns is None:
+            if named:
+                raise ValueError(f"gateway {named[0].name!r} has a dns_name but there is no [ddns] section "
+                                 "(server, zone, key_file)")
+            return self
+        if not named and not self.ddns.machine_zone:
+            raise ValueError("[ddns] has nothing to publish: give a gateway a dns_name, or set ddns.machine_zone")
+        zone = dns.name.from_text(self.ddns.zone)
+        seen: dict[str, str] = {}
+        for gw in named:
+            assert gw.dns_name
+            if not dns.name.from_text(gw.dns_name).is_subdomain(zone):
+                raise ValueError(f"gateway {gw.name!r}: dns_name {gw.dns_name!r} is not inside ddns.zone "
+                                 f"{self.ddns.zone!r}")
+            if gw.dns_name in seen:
+                raise ValueError(f"gateways {seen[gw.dns_name]!r} and {gw.name!r} have the same dns_name")
+            seen[gw.dns_name] = gw.name
         return self
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import subprocess
 import threading
 import time
@@ -110,6 +111,28 @@ def test_icmp_error_from_a_router_makes_the_address_down_at_once(lab):
     assert time.monotonic() - started < 1.0        # not 2 s x 3 attempts
     assert report.icmp["10.66.1.1"] == IcmpResult("10.66.1.1", False, None, "host unreachable (from 10.9.0.5)")
     assert report.icmp["10.9.0.5"].alive
+
+
+def test_refused_sends_are_retried_then_inconclusive_not_down(lab):
+    # A local firewall refuses some requests (EPERM on send): 10.9.0.6's first ones only (a byte quota), all of
+    # 10.9.0.5's.  The first must still come out alive, the second unknown - never "down".
+    rules = """table ip lgprobe {
+      chain out {
+        type filter hook output priority 0; policy accept;
+        ip daddr 10.9.0.6 icmp type echo-request quota until 80 bytes counter drop
+        ip daddr 10.9.0.5 icmp type echo-request counter drop
+      }
+    }"""
+    subprocess.run(["ip", "netns", "exec", lab.gateway_ns, "nft", "-f", "-"], input=rules, text=True, check=True)
+    started = time.monotonic()
+    found = in_netns(lab.gateway_ns, lambda: icmp_probe(["10.9.0.5", "10.9.0.6"], timeout=TIMEOUT))
+    assert time.monotonic() - started < TIMEOUT * ATTEMPTS + SLACK
+    listing = subprocess.run(["ip", "netns", "exec", lab.gateway_ns, "nft", "list", "table", "ip", "lgprobe"],
+                             capture_output=True, text=True, check=True).stdout
+    dropped = [int(n) for n in re.findall(r"counter packets (\d+)", listing)]
+    assert dropped[0] >= 1 and dropped[1] >= 3, listing
+    assert found["10.9.0.6"].alive, found["10.9.0.6"]
+    assert found["10.9.0.5"] == IcmpResult("10.9.0.5", False, None, "send failed: Operation not permitted", True)
 
 
 def test_ipv6_loopback_alive_and_unrouted_down(lab):
