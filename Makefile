@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 RUN_PACKAGES  = nftables iproute2 conntrack python3-venv
-TEST_PACKAGES = $(RUN_PACKAGES) iputils-ping postgresql rsyslog rsyslog-gnutls openssl
-BENCH_PACKAGES = $(RUN_PACKAGES) iptables iperf3 socat
+TEST_PACKAGES = $(RUN_PACKAGES) iputils-ping postgresql rsyslog rsyslog-gnutls openssl bind9 bind9-utils bind9-dnsutils
+BENCH_PACKAGES = $(RUN_PACKAGES) iptables iperf3 socat iputils-ping
 APT_PACKAGES ?= $(RUN_PACKAGES)
 CONFIG ?=
 

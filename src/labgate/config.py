@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import dns.exception
 import dns.name
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -280,8 +281,6 @@ def dns_name_text(value: str, what: str) -> str:
         name = dns.name.from_text(value.lower())
     except dns.exception.DNSException as exc:
         raise ValueError(f"{what} {value!r} is not a valid DNS name: {exc}") from None
-    if len(name.labels) < 2:
-        raise ValueError(f"{what} {value!r} is not a valid DNS name")
     return name.to_text(omit_final_dot=True)
 
 
@@ -391,8 +390,9 @@ class DdnsConfig(BaseModel):
     @field_validator("key_name")
     @classmethod
     def _key_name(cls, v: str | None) -> str | None:
-        return None if v is None else dns_name_text(v + ".x" if "." not in v.strip(".") else v,
-                                                    "ddns.key_name").removesuffix(".x")
+        if v is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}\.?", v):
+            raise ValueError("ddns.key_name must be a key name such as 'labgate-ddns' (letters, digits, '.', '_', '-')")
+        return None if v is None else v.rstrip(".").lower()
 
     @field_validator("key_algorithm")
     @classmethod
@@ -406,8 +406,7 @@ class DdnsConfig(BaseModel):
         if self.retry_max < self.retry_initial:
             raise ValueError("ddns.retry_max must not be less than ddns.retry_initial")
         key = self.load_key()  # fail at start, not at the first update
-        object.__setattr__(self, "key_name", key.name)
-        object.__setattr__(self, "key_algorithm", key.algorithm)
+        self.key_name, self.key_algorithm = key.name, key.algorithm
         return self
 
     def load_key(self) -> TsigKey:

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from labgate import __version__
-from labgate.api.routes import compat, events, forwards, gateways, health, machines
+from labgate.api.routes import compat, ddns, events, forwards, gateways, health, machines
 from labgate.core.errors import LabgateError, PortTaken
 from labgate.core.service import Labgate
 
@@ -41,7 +41,7 @@ def create_app(lg: Labgate, *, manage_lifecycle: bool = True) -> FastAPI:
     app = FastAPI(title="labgate", version=__version__, lifespan=lifespan,
                   description="Self-service port forwarding into lab networks.")
     app.state.labgate = lg
-    for r in (health.router, forwards.router, machines.router, gateways.router, events.router):
+    for r in (health.router, forwards.router, machines.router, gateways.router, events.router, ddns.router):
         app.include_router(r)
     compat.mount(app, lg)  # the vLab /api/1/ipam/* API, only when [compat] vlab_enabled = true
 

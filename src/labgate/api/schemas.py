@@ -98,6 +98,49 @@ class MachinePage(Page):
     results: list[MachineOut]
 
 
+class GatewayDdnsOut(BaseModel):
+    """How the gateway's DNS name fares (docs/ddns.md). Times are Unix seconds."""
+
+    name: str
+    source: str                      # "config", "auto" or "interface <name>"
+    address: str | None              # the address read last
+    address_published: str | None    # the address the last successful update sent
+    last_update_at: float | None
+    last_error: str | None
+    last_error_at: float | None
+    failures: int                    # consecutive failed updates (retried with backoff)
+    next_retry_at: float | None
+
+
+class DdnsGatewayOut(GatewayDdnsOut):
+    gateway: str
+
+
+class DdnsMachinesOut(BaseModel):
+    zone: str
+    names: int                       # machine names that should have records
+    published: int                   # names whose records the server has accepted
+    pending: int                     # names still to add, change or remove
+    skipped: list[str]               # forward names that cannot be a DNS label (or are a gateway's name)
+    last_update_at: float | None
+    last_error: str | None
+    last_error_at: float | None
+    failures: int
+    next_retry_at: float | None
+
+
+class DdnsStatusOut(BaseModel):
+    configured: bool
+    server: str | None = None
+    zone: str | None = None
+    key_name: str | None = None
+    key_algorithm: str | None = None
+    ttl: int | None = None
+    refresh: float | None = None
+    gateways: list[DdnsGatewayOut] = []
+    machines: DdnsMachinesOut | None = None
+
+
 class GatewayOut(BaseModel):
     name: str
     netns: str
@@ -112,6 +155,8 @@ class GatewayOut(BaseModel):
     last_error: str | None
     last_sync_at: float | None
     forwards_in_kernel: int | None
+    dns_name: str | None = None
+    ddns: GatewayDdnsOut | None = None
 
 
 class ErrorDetail(BaseModel):

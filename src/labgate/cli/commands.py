@@ -24,6 +24,7 @@ forward_app = typer.Typer(no_args_is_help=True, help="Create, list, change and r
 machine_app = typer.Typer(no_args_is_help=True, help="Machines: the IPAM view derived from forwards.")
 gateway_app = typer.Typer(no_args_is_help=True, help="Gateways and their free ports.")
 context_app = typer.Typer(no_args_is_help=True, help="Named client contexts (server URL, token, defaults).")
+ddns_app = typer.Typer(no_args_is_help=True, help="Dynamic DNS: the gateways' and machines' names.")
 
 
 def handled(fn: Callable) -> Callable:
@@ -351,3 +352,37 @@ def gateway_ls(context: ContextOpt = None, output: OutputOpt = Format.table) -> 
           [(g.name, g.external_address, ", ".join(g.port_ranges),
             f"{g.ports_free.get('tcp')}/{g.ports_free.get('udp')}", g.forwards, g.status, g.last_error)
            for g in gateways])
+
+
+# --- dynamic DNS ---------------------------------------------------------------------------------------------------
+def _when(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@ddns_app.command("status")
+@handled
+def ddns_status(context: ContextOpt = None, output: OutputOpt = Format.table) -> None:
+    """Where DNS updates go, what each name points at, and the last update or error."""
+    client, _ = client_for(context)
+    with client:
+        status = client.ddns_status()
+    if output == Format.json:
+        emit_json(status)
+        return
+    if not status.get("configured"):
+        console.print("dynamic DNS is not configured on this server ([ddns] in its labgate.toml)", highlight=False)
+        return
+    console.print(f"server {escape(str(status['server']))}  zone {escape(str(status['zone']))}  key "
+                  f"{escape(str(status['key_name']))} ({escape(str(status['key_algorithm']))})", highlight=False)
+    table(("gateway", "name", "source", "address", "published", "last update", "failures", "last error"),
+          [(g["gateway"], g["name"], g["source"], g["address"], g["address_published"], _when(g["last_update_at"]),
+            g["failures"] or "", g["last_error"]) for g in status.get("gateways", [])])
+    m = status.get("machines")
+    if m:
+        table(("machine zone", "names", "published", "pending", "skipped", "last update", "failures", "last error"),
+              [(m["zone"], m["names"], m["published"], m["pending"], ", ".join(m["skipped"]) or "",
+                _when(m["last_update_at"]), m["failures"] or "", m["last_error"])])

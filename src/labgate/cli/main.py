@@ -28,6 +28,7 @@ def _register_client_commands() -> None:
     app.add_typer(commands.machine_app, name="machine")
     app.add_typer(commands.gateway_app, name="gateway")
     app.add_typer(commands.context_app, name="context")
+    app.add_typer(commands.ddns_app, name="ddns")
 
 
 _register_client_commands()

@@ -141,5 +141,9 @@ class Client:
     def list_gateways(self) -> list[Gateway]:
         return [Gateway.from_api(g) for g in self._request("GET", "/api/v1/gateways")]
 
+    def ddns_status(self) -> dict[str, Any]:
+        """Dynamic DNS: {"configured", "server", "zone", "key_name", "gateways": [...], "machines": {...}}."""
+        return self._request("GET", "/api/v1/ddns")
+
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/healthz")

@@ -74,6 +74,8 @@ class Gateway:
     last_error: str | None = None
     last_sync_at: float | None = None
     forwards_in_kernel: int | None = None
+    dns_name: str | None = None
+    ddns: dict[str, Any] | None = None  # docs/ddns.md: address_published, last_update_at, last_error, ...
 
     @classmethod
     def from_api(cls, data: dict[str, Any]) -> "Gateway":

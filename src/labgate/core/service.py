@@ -10,6 +10,7 @@ from labgate.dataplane.reconcile import Dataplane
 from labgate.db.migrate import upgrade
 from labgate.db.session import Database
 from labgate.workers.connections import ConnectionWatcher
+from labgate.workers.ddns import DdnsUpdater
 from labgate.workers.events import EventBus
 from labgate.workers.health import HealthMonitor
 from labgate.workers.periodic import Periodic
@@ -35,6 +36,8 @@ class Labgate:
         self.forwards = ForwardService(settings, self.db, self.dataplane, bus=self.bus)
         self.usage = UsageCollector(self.db, self.dataplane)
         self.health = HealthMonitor(settings, self.db, self.bus)
+        # Dynamic DNS ([ddns], docs/ddns.md): only when configured; it needs no kernel dataplane.
+        self.ddns = DdnsUpdater(settings, self.db, self.dataplane, self.bus) if settings.ddns is not None else None
         self.workers: list = []
         self.started = False
 
@@ -58,6 +61,8 @@ class Labgate:
             self.workers.append(Periodic("health", self.settings.server.health_interval, self.health.check_once))
             for gw in self.settings.gateway:
                 self.workers.append(ConnectionWatcher(gw.name, gw.netns, self.bus, self.forwards.event_fields))
+        if self.ddns is not None:
+            self.workers.append(self.ddns)
         for worker in self.workers:
             worker.start()
         self.started = True

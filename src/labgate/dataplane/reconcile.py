@@ -351,6 +351,9 @@ class Dataplane:
 
     def reconcile_gateway(self, gw: GatewayDataplane) -> bool:
         """Full sync if needed or drifted; returns True if the gateway is in sync afterwards."""
+        if gw.worker is None:  # no dataplane in this process (serve --no-agent): nothing to keep in sync
+            gw.needs_full = False
+            return True
         with gw.lock:
             drifted = False
             stale = (self.full_interval is not None and gw.last_full_sync_at is not None
@@ -369,6 +372,8 @@ class Dataplane:
                     gw.refresh_addresses()  # an "auto" external address must be known before rules are built
                     gw.full_sync(self.load_rules(gw))
                 except DataplaneError as exc:
+                    gw.needs_full = True
+                    gw.last_error = str(exc)
                     # A persistent failure is logged once, not every retry.
                     if str(exc) != previous:
                         log.error("event=sync_failed gateway=%s error=%r", gw.cfg.name, str(exc))

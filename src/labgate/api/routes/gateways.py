@@ -12,4 +12,9 @@ router = APIRouter(prefix="/api/v1/gateways", tags=["gateways"])
 
 @router.get("", response_model=list[GatewayOut])
 def list_gateways(lg: LabgateDep, who: PrincipalDep) -> list[dict]:
-    return lg.forwards.gateways()
+    gateways = lg.forwards.gateways()
+    for g in gateways:
+        cfg = lg.settings.get_gateway(g["name"])
+        g["dns_name"] = cfg.dns_name if cfg else None
+        g["ddns"] = lg.ddns.gateway_status(g["name"]) if lg.ddns is not None else None
+    return gateways
