@@ -1,0 +1,470 @@
+"""Control plane: labgate's API and reconcile loop against the seeds' iptables commands, at several table sizes.
+
+Method, per size N (e.g. 100, 10,000, 50,000):
+  1. A lab (client/gateway/lab namespaces) and a SQLite file in a temporary folder.  N forwards (and their port
+     allocations) are bulk-inserted into the database with SQLAlchemy, as if created earlier.
+  2. `python -m labgate serve --config <toml>` starts as a subprocess with the gateway in the lab's gateway namespace
+     and the real nftables dataplane.  It restores the N forwards into the kernel before it serves: the bench times
+     spawn -> /healthz "ok", reads the restore's own duration from the server log (event=full_sync), and checks that
+     the kernel map holds N elements.
+  3. Sequential creates through the API (one keep-alive HTTP connection, stdlib client): latency from sending the
+     request to reading the 201.  A few creates are each followed at once by a TCP connection from the client
+     namespace through the new port to an echo service: 201 must mean "live".
+  4. Sequential deletes of those forwards (204); then creates per second with 8 concurrent clients.
+  5. The server's VmRSS and VmHWM, then it is stopped.
+  6. In this process, against the same database and namespace, each repeat times
+     (a) a full reconcile as the server does it (read the committed forwards, render, one nft batch),
+     (b) GatewayDataplane.full_sync(rules) with the rules already in memory (render + one batch), and
+     (c) the baseline: `ip netns exec NS nft -f FILE` of exactly the batch full_sync just sent (recorded by
+         wrapping labgate's nft runner: the forwarding table and the usage-counter table, as one batch).
+Baseline for 3-4: the seeds' commands (seeds.py) in a lab namespace of the same kind holding N DNAT rules.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from labgate import lab as lablib
+
+from bench.common import Sandbox, enter_netns, in_ns, percentile, run_in_ns, summary, timed_samples
+from bench.seeds import Iptables
+
+GATEWAY = "bench"
+TABLE = "labgate_bench"
+FIRST_PORT = 10000
+PORT_RANGE = "10000-65000"
+ECHO_PORT = 22
+
+
+@dataclass
+class ControlConfig:
+    sizes: list[int]
+    creates: int                 # sequential creates (and as many deletes) per size
+    live_checks: int             # creates each followed by a connection through the new port
+    concurrent_clients: int
+    concurrent_creates: int      # per client
+    budget_s: float              # time cap of one sampling loop
+    reconcile_repeats: int
+    baseline_creates: int        # seeds' creates/deletes per size (capped by budget_s)
+    baseline_concurrent: int     # seeds' concurrent creates per worker
+    backends: list[str]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A lean API client: the stdlib's http.client on one keep-alive connection (httpx costs ~1 ms a request more)
+
+
+class Api:
+    def __init__(self, url: str, token: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname, parts.port
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        self.conn = http.client.HTTPConnection(self.host, self.port, timeout=120)
+
+    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict | None]:
+        payload = json.dumps(body) if body is not None else None
+        for attempt in (0, 1):
+            try:
+                self.conn.request(method, path, body=payload, headers=self.headers)
+                resp = self.conn.getresponse()
+                raw = resp.read()
+                return resp.status, (json.loads(raw) if raw else None)
+            except (http.client.HTTPException, ConnectionError):
+                self.conn.close()  # the server closed an idle keep-alive connection: reconnect once
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def create(self, target: str, name: str) -> dict:
+        status, data = self.call("POST", "/api/v1/forwards",
+                                 {"target_address": target, "target_port": ECHO_PORT, "name": name, "kind": "centos"})
+        if status != 201:
+            raise RuntimeError(f"create answered {status}: {data}")
+        return data  # type: ignore[return-value]
+
+    def delete(self, forward_id: int) -> None:
+        status, data = self.call("DELETE", f"/api/v1/forwards/{forward_id}")
+        if status != 204:
+            raise RuntimeError(f"delete answered {status}: {data}")
+
+    def count(self) -> int:
+        status, data = self.call("GET", "/api/v1/forwards?limit=1")
+        if status != 200 or data is None:
+            raise RuntimeError(f"list answered {status}: {data}")
+        return int(data["count"])
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The server under test
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kernel_elements(ns: str, table: str = TABLE) -> int:
+    """How many elements the table's `ids` map holds right now (a full listing: ~2 s at 50,000)."""
+    out = run_in_ns(ns, ["nft", "-j", "list", "map", "ip", table, "ids"]).stdout
+    for item in json.loads(out)["nftables"]:
+        if "map" in item:
+            return len(item["map"].get("elem", []))
+    return 0
+
+
+def read_memory(pid: int) -> dict:
+    """VmRSS and VmHWM of a process, in MiB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024
+    return {"rss_mib": values.get("VmRSS"), "hwm_mib": values.get("VmHWM")}
+
+
+def prepopulate(db_url: str, n: int, target_of) -> str:
+    """Create the schema, an admin token and n forwards to target_of(i) port 22 (external ports FIRST_PORT...,
+    with their port allocations), bulk-inserted as if created earlier; returns the token."""
+    from sqlalchemy import insert
+
+    from labgate.core.tokens import create_token
+    from labgate.db.migrate import upgrade
+    from labgate.db.models import Forward, PortAllocation, utcnow
+    from labgate.db.session import Database
+
+    db = Database(db_url)
+    try:
+        upgrade(db.engine)
+        token = create_token(db, "bench", admin=True)
+        now = utcnow()
+        batch = 10_000
+        with db.engine.begin() as conn:
+            for lo in range(0, n, batch):
+                ids = range(lo + 1, min(lo + batch, n) + 1)
+                conn.execute(insert(Forward.__table__), [
+                    {"id": i, "gateway": GATEWAY, "protocol": "tcp", "external_port": FIRST_PORT + i - 1,
+                     "port_count": 1, "target_address": target_of(i), "target_port": ECHO_PORT,
+                     "name": f"vm{i}", "kind": "centos", "owner": "bench", "description": "", "enabled": True,
+                     "allowed_sources": [], "created_at": now, "updated_at": now} for i in ids])
+                conn.execute(insert(PortAllocation.__table__), [
+                    {"gateway": GATEWAY, "protocol": "tcp", "port": FIRST_PORT + i - 1, "forward_id": i}
+                    for i in ids])
+    finally:
+        db.dispose()
+    return token
+
+
+class LabgateServer:
+    """One `labgate serve` subprocess on a prepopulated SQLite file, its gateway in `lab`'s gateway namespace."""
+
+    def __init__(self, sandbox: Sandbox, lab: lablib.Lab, folder: Path) -> None:
+        self.sandbox, self.lab, self.folder = sandbox, lab, folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.db_url = f"sqlite:///{folder}/labgate.db"
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = folder / "server.log"
+        self.config_path = folder / "labgate.toml"
+        self.config_path.write_text(
+            f'[server]\nlisten = "127.0.0.1:{self.port}"\ndatabase = "{self.db_url}"\nlog_level = "info"\n\n'
+            f'[[gateway]]\nname = "{GATEWAY}"\nnetns = "{lab.gateway_ns}"\n'
+            f'external_address = "{lab.external_address}"\nport_range = "{PORT_RANGE}"\n'
+            f'target_networks = ["{lab.lab_network}"]\nmasquerade = true\n')
+        self.proc: subprocess.Popen | None = None
+        self.token = ""
+
+    def gateway_config(self):
+        from labgate.config import GatewayConfig
+
+        return GatewayConfig(name=GATEWAY, netns=self.lab.gateway_ns, external_address=self.lab.external_address,
+                             port_range=[PORT_RANGE], target_networks=[self.lab.lab_network], masquerade=True)
+
+    def prepopulate(self, n: int) -> float:
+        """Create the schema, an admin token and n forwards (ports FIRST_PORT...); returns the seconds it took."""
+        started = time.perf_counter()
+        machines = self.lab.machine_addresses
+        self.token = prepopulate(self.db_url, n, lambda i: machines[i % 2])
+        return time.perf_counter() - started
+
+    def start(self, timeout: float = 300) -> float:
+        """Spawn the server; return the seconds until /healthz says ok (the restore happens before it serves)."""
+        log = open(self.log_path, "ab")
+        started = time.perf_counter()
+        self.proc = self.sandbox.spawn([sys.executable, "-m", "labgate", "serve", "--config", str(self.config_path)],
+                                       stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"labgate exited ({self.proc.returncode}); see {self.log_path}:\n"
+                                   + self.log_path.read_text()[-2000:])
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/healthz")
+                resp = conn.getresponse()
+                body = resp.read()
+                conn.close()
+                if resp.status == 200 and json.loads(body).get("status") == "ok":
+                    return time.perf_counter() - started
+            except (OSError, http.client.HTTPException, ValueError):
+                pass
+            time.sleep(0.02)
+        raise RuntimeError(f"labgate did not become ready within {timeout}s")
+
+    def restore_seconds(self) -> float | None:
+        """The duration of the first full sync, as the server logged it."""
+        found = re.search(rf"event=full_sync gateway={GATEWAY} forwards=\d+ seconds=([\d.]+)",
+                          self.log_path.read_text(errors="replace"))
+        return float(found.group(1)) if found else None
+
+    def memory(self) -> dict:
+        assert self.proc is not None
+        return read_memory(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            Sandbox.stop_process(self.proc, timeout=30)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Measurements
+
+
+def _concurrent(workers: int, per_worker: int, budget_s: float, job, setup=None) -> dict:
+    """Run job(worker, i) from `workers` threads, each up to per_worker times or until budget_s; creates/s."""
+    done = [0] * workers
+    errors: list[str] = []
+    barrier = threading.Barrier(workers + 1)
+    deadline_box: list[float] = []
+
+    def worker(w: int) -> None:
+        state = setup(w) if setup else None
+        barrier.wait()
+        try:
+            for i in range(per_worker):
+                if time.monotonic() > deadline_box[0]:
+                    break
+                job(state, w, i)
+                done[w] += 1
+        except Exception as exc:  # noqa: BLE001 - counted and reported
+            errors.append(str(exc)[:300])
+
+    threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(workers)]
+    for t in threads:
+        t.start()
+    deadline_box.append(time.monotonic() + budget_s)
+    started = time.perf_counter()
+    barrier.wait()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    total = sum(done)
+    return {"workers": workers, "completed": total, "seconds": elapsed, "per_second": total / elapsed if elapsed else None,
+            "errors": len(errors), "first_error": errors[0] if errors else None}
+
+
+def measure_labgate(sandbox: Sandbox, cfg: ControlConfig, size: int, log) -> dict:
+    """Steps 1-6 above for one size; returns the raw numbers."""
+    lab = sandbox.lab()
+    echo = lablib.Service.start_tcp_echo(lab.lab_ns, lab.machine_addresses[0], ECHO_PORT)
+    sandbox.on_close(echo.stop)
+    server = LabgateServer(sandbox, lab, sandbox.workdir() / f"labgate-{size}")
+    out: dict = {"forwards": size}
+    out["prepopulate_seconds"] = server.prepopulate(size)
+    log(f"  labgate N={size}: {size} rows inserted in {out['prepopulate_seconds']:.1f}s; starting the server")
+    out["ready_seconds"] = server.start()
+    out["restore_seconds"] = server.restore_seconds()
+    out["kernel_elements_after_restore"] = kernel_elements(lab.gateway_ns)
+    if out["kernel_elements_after_restore"] != size:
+        raise RuntimeError(f"restored {out['kernel_elements_after_restore']} elements, expected {size}")
+    out["memory_after_restore"] = server.memory()
+    log(f"  labgate N={size}: ready in {out['ready_seconds']:.2f}s (restore {out['restore_seconds']}s), "
+        f"RSS {out['memory_after_restore']['rss_mib']:.0f} MiB")
+
+    target = lab.machine_addresses[0]
+    api = Api(server.url, server.token)
+    try:
+        t0 = time.perf_counter()
+        api.create(target, "first")          # loads the port bitmap: a one-off cost after a start
+        out["first_create_ms"] = (time.perf_counter() - t0) * 1000
+        for i in range(5):                   # warm-up, not counted
+            api.create(target, f"warm{i}")
+
+        created: list[int] = []
+        samples = timed_samples(lambda i: created.append(api.create(target, f"seq{i}")["id"]),
+                                n_max=cfg.creates, budget_s=cfg.budget_s)
+        out["create_ms"] = summary([s * 1000 for s in samples])
+
+        live = 0
+        for i in range(cfg.live_checks):
+            fwd = api.create(target, f"live{i}")
+            reply = lablib.tcp_request(lab.client_ns, lab.external_address, fwd["external_port"], "ping", timeout=2)
+            live += reply == f"{target}:ping"
+        out["live_on_201"] = {"checked": cfg.live_checks, "answered": live}
+        if live != cfg.live_checks:
+            raise RuntimeError(f"only {live}/{cfg.live_checks} forwards carried traffic right after their 201")
+
+        samples = timed_samples(lambda i: api.delete(created[i]), n_max=len(created), budget_s=cfg.budget_s * 2,
+                                n_min=len(created))
+        out["delete_ms"] = summary([s * 1000 for s in samples])
+
+        out["concurrent_creates"] = _concurrent(
+            cfg.concurrent_clients, cfg.concurrent_creates, cfg.budget_s,
+            setup=lambda w: Api(server.url, server.token),
+            job=lambda client, w, i: client.create(target, f"c{w}-{i}"))
+        out["memory_at_end"] = server.memory()
+        out["forwards_at_end"] = api.count()
+        out["kernel_elements_at_end"] = kernel_elements(lab.gateway_ns)
+        if out["kernel_elements_at_end"] != out["forwards_at_end"]:
+            raise RuntimeError(f"kernel has {out['kernel_elements_at_end']} elements for "
+                               f"{out['forwards_at_end']} forwards")
+    finally:
+        api.close()
+        server.stop()
+    c = out["create_ms"]
+    log(f"  labgate N={size}: create p50 {c['p50']:.2f} ms p99 {c['p99']:.2f} ms (n={c['n']}), delete p50 "
+        f"{out['delete_ms']['p50']:.2f} ms, {out['concurrent_creates']['per_second']:.0f} creates/s with "
+        f"{cfg.concurrent_clients} clients, RSS {out['memory_at_end']['rss_mib']:.0f} MiB")
+
+    out["reconcile"] = measure_reconcile(server, cfg.reconcile_repeats, log)
+    echo.stop()
+    sandbox.drop_lab(lab)
+    return out
+
+
+class RecordingRunner:
+    """Wraps labgate's nft runner and keeps the last batch it ran, so the baseline loads exactly that text."""
+
+    last: str = ""
+
+    def __init__(self) -> None:
+        from labgate.dataplane.nft import open_runner
+
+        self._inner = open_runner()
+
+    def run(self, text: str, **kw) -> str:
+        RecordingRunner.last = text
+        return self._inner.run(text, **kw)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def measure_reconcile(server: LabgateServer, repeats: int, log) -> dict:
+    """Step 6: the full reconcile, full_sync alone, and a bare `nft -f` of the same text, interleaved."""
+    from labgate.config import ServerConfig, Settings
+    from labgate.core.service import Labgate
+    from labgate.dataplane.render import render_gateway_table
+
+    settings = Settings(server=ServerConfig(database=server.db_url, log_level="warning"),
+                        gateway=[server.gateway_config()])
+    lg = Labgate(settings)           # not started: no loop, no API, no workers; its dataplane and database only
+    ns = server.lab.gateway_ns
+    timings: dict[str, list[float]] = {"reconcile": [], "load_rules": [], "render": [], "full_sync": [], "nft_f": []}
+    path = server.folder / "table.nft"
+    try:
+        gw = lg.dataplane.gateways[GATEWAY]
+        gw._runner_factory = RecordingRunner  # (private) so the baseline is the very batch full_sync sends
+        gw.refresh_addresses()
+        rules = lg.forwards.enabled_rules(gw)
+        for _ in range(repeats):
+            gw.needs_full = True
+            t0 = time.perf_counter()
+            if not lg.dataplane.reconcile_gateway(gw):
+                raise RuntimeError(f"reconcile failed: {gw.last_error}")
+            timings["reconcile"].append(time.perf_counter() - t0)
+
+            t0 = time.perf_counter()
+            rules = lg.forwards.enabled_rules(gw)
+            timings["load_rules"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            render_gateway_table(gw.shape(), rules)
+            timings["render"].append(time.perf_counter() - t0)
+
+            t0 = time.perf_counter()
+            gw.full_sync(rules)
+            timings["full_sync"].append(time.perf_counter() - t0)
+
+            path.write_text(RecordingRunner.last)
+            t0 = time.perf_counter()
+            subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", str(path)], check=True, capture_output=True)
+            timings["nft_f"].append(time.perf_counter() - t0)
+        elements = kernel_elements(ns)
+    finally:
+        lg.dataplane.stop()
+        lg.db.dispose()
+    result = {"forwards": len(rules), "repeats": repeats, "kernel_elements": elements,
+              "batch_bytes": path.stat().st_size,
+              **{k: {"median_s": percentile(v, 50), "all_s": v} for k, v in timings.items()}}
+    log(f"  reconcile N={len(rules)}: full reconcile {result['reconcile']['median_s']:.3f}s, full_sync "
+        f"{result['full_sync']['median_s']:.3f}s, bare nft -f {result['nft_f']['median_s']:.3f}s")
+    return result
+
+
+def measure_seeds(sandbox: Sandbox, cfg: ControlConfig, backend: str, log) -> dict:
+    """The seeds' create/delete (and 8 concurrent creators) on chains of each size, in one lab of the same kind."""
+    ipt = Iptables(backend)
+    lab = sandbox.lab()
+    ns, ext, target = lab.gateway_ns, lab.external_address, lab.machine_addresses[0]
+    results: dict = {"backend": backend, "label": ipt.label, "sizes": {}}
+
+    def at_size(size: int) -> dict:
+        # Runs in a thread inside the gateway namespace: every iptables child process is created there.
+        ipt.load(ext, range(FIRST_PORT, FIRST_PORT + size), target)
+        port = iter(range(FIRST_PORT + size, 65000))
+        created: list[int] = []
+
+        def create_one(_i: int) -> None:
+            created.append(next(port))
+            ipt.create(ext, created[-1], target)
+
+        samples = timed_samples(create_one, n_max=cfg.baseline_creates, budget_s=cfg.budget_s)
+        out = {"forwards": size, "create_ms": summary([s * 1000 for s in samples])}
+        samples = timed_samples(lambda i: ipt.delete(created[i]), n_max=len(created), budget_s=cfg.budget_s,
+                                n_min=min(len(created), 5))
+        out["delete_ms"] = summary([s * 1000 for s in samples])
+        lock = threading.Lock()
+
+        def next_port() -> int:
+            with lock:
+                return next(port)
+
+        out["concurrent_creates"] = _concurrent(
+            cfg.concurrent_clients, cfg.baseline_concurrent, cfg.budget_s,
+            setup=lambda w: enter_netns(ns),
+            job=lambda _state, w, i: ipt.create(ext, next_port(), target))
+        return out
+
+    for size in cfg.sizes:
+        res = in_ns(ns, lambda: at_size(size))
+        results["sizes"][str(size)] = res
+        log(f"  {ipt.label} N={size}: create p50 {res['create_ms']['p50']:.1f} ms (n={res['create_ms']['n']}), "
+            f"delete p50 {res['delete_ms']['p50']:.1f} ms, "
+            f"{res['concurrent_creates']['per_second']:.1f} creates/s with {cfg.concurrent_clients} workers")
+    in_ns(ns, ipt.clear)
+    sandbox.drop_lab(lab)
+    return results
+
+
+def run(sandbox: Sandbox, cfg: ControlConfig, log) -> dict:
+    out: dict = {"config": cfg.__dict__, "labgate": {}, "seeds": {}}
+    for size in cfg.sizes:
+        out["labgate"][str(size)] = measure_labgate(sandbox, cfg, size, log)
+    for backend in cfg.backends:
+        out["seeds"][backend] = measure_seeds(sandbox, cfg, backend, log)
+    return out

@@ -1,0 +1,372 @@
+"""Turn the raw results into figures (value, baseline from the same run, ratio, goal, met/missed) and write
+latest.json and latest.md.
+
+Every figure is `value / baseline`, both measured in this run.  For times a ratio below 1 means labgate is faster
+than the baseline; for rates and throughput above 1 means more.  Goals are those of issue 3; a goal stated for the
+largest table size is judged at the largest size this run measured (a --quick run uses smaller tables, so its
+verdicts are only indicative).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+if not __package__:  # run as a script: python bench/report.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ratio  # noqa: E402
+
+# Issue 3's goals.
+CREATE_P50_MAX_MS = 5.0
+CREATE_GROWTH_MAX = 1.5          # create p50 at the largest size / at the smallest
+RECONCILE_VS_NFT_MAX = 1.5       # full reconcile of the largest table / bare nft -f of it
+CONNECT_GROWTH_MAX = 1.1         # new-connection latency at the largest size / at the smallest
+THROUGHPUT_MIN = 0.9             # through a forward / plain routing
+REACHABILITY_MAX_S = 10.0
+
+
+@dataclass
+class Figure:
+    area: str
+    name: str
+    value: float | None
+    unit: str
+    baseline_name: str
+    baseline: float | None
+    goal: str = ""
+    met: bool | None = None      # None: no goal, or not measurable yet
+    status: str = ""             # "met", "missed", "not yet" or ""
+
+    @property
+    def ratio(self) -> float | None:
+        return ratio(self.value, self.baseline)
+
+
+def n(size: int | str) -> str:
+    return f"{int(size):,}"
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "missed"
+
+
+def build_figures(results: dict) -> list[Figure]:
+    figs: list[Figure] = []
+    ctl = results.get("control")
+    if ctl:
+        figs += _control_figures(ctl)
+    dp = results.get("dataplane")
+    if dp:
+        figs += _dataplane_figures(dp)
+    figs += _background_figures(results.get("background"))
+    return figs
+
+
+def _background_figures(bg: dict | None) -> list[Figure]:
+    figs: list[Figure] = []
+    if bg:
+        h, p = bg["health_cycle"], bg["seeds_pinger"]
+        ok = h["cycle_s"] <= REACHABILITY_MAX_S
+        figs.append(Figure("background", f"reachability cycle (ICMP + TCP + record), {n(h['addresses'])} addresses, "
+                                         "half silent", h["cycle_s"], "s",
+                           f"seeds' pinger ({p['threads']} threads of `ping -W 2 -c 3`), extrapolated from "
+                           f"{n(p['sample'])} addresses", p["extrapolated_s"],
+                           f"<= {REACHABILITY_MAX_S:g} s", ok, _verdict(ok)))
+    else:
+        figs.append(Figure("background", "reachability cycle, 10,000 addresses (half unreachable)", None, "s",
+                           "-", None, f"<= {REACHABILITY_MAX_S:g} s", None, "not yet"))
+    for size in (100, 10_000):
+        figs.append(Figure("background", f"OpenStack monitor: API calls and time per cycle, {n(size)} forwards",
+                           None, "s", "-", None, "", None, "not yet"))
+    return figs
+
+
+def _control_figures(ctl: dict) -> list[Figure]:
+    figs: list[Figure] = []
+    lg = ctl["labgate"]
+    sizes = sorted(int(s) for s in lg)
+    small, large = sizes[0], sizes[-1]
+    seeds = ctl["seeds"]
+    main = "nft" if "nft" in seeds else (next(iter(seeds)) if seeds else None)
+    seed_label = seeds[main]["label"] if main else "-"
+
+    def seed(size: int, *path: str) -> float | None:
+        if main is None:
+            return None
+        value = seeds[main]["sizes"].get(str(size))
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    for size in sizes:
+        r = lg[str(size)]
+        p50 = r["create_ms"]["p50"]
+        f = Figure("control", f"create p50, {n(size)} forwards present", p50, "ms",
+                   f"seeds' create, {seed_label}, {n(size)} rules", seed(size, "create_ms", "p50"))
+        if size == large:
+            f.goal, f.met = f"< {CREATE_P50_MAX_MS:g} ms", p50 < CREATE_P50_MAX_MS
+            f.status = _verdict(f.met)
+        figs.append(f)
+    for size in sizes:
+        r = lg[str(size)]
+        figs.append(Figure("control", f"create p99, {n(size)} forwards present", r["create_ms"]["p99"], "ms",
+                           f"seeds' create, {seed_label}, {n(size)} rules", seed(size, "create_ms", "p99")))
+    if large != small:
+        a, b = lg[str(large)]["create_ms"]["p50"], lg[str(small)]["create_ms"]["p50"]
+        ok = a / b <= CREATE_GROWTH_MAX
+        figs.append(Figure("control", f"create p50, {n(large)} forwards present", a, "ms",
+                           f"labgate create p50, {n(small)} forwards present", b,
+                           f"<= {CREATE_GROWTH_MAX:g}x", ok, _verdict(ok)))
+    for size in sizes:
+        r = lg[str(size)]
+        figs.append(Figure("control", f"creates/s, {r['concurrent_creates']['workers']} concurrent clients, "
+                                      f"{n(size)} forwards", r["concurrent_creates"]["per_second"], "/s",
+                           f"seeds' create, {seed_label}, {r['concurrent_creates']['workers']} concurrent workers",
+                           seed(size, "concurrent_creates", "per_second")))
+    for size in sizes:
+        r = lg[str(size)]
+        figs.append(Figure("control", f"delete p50, {n(size)} forwards present", r["delete_ms"]["p50"], "ms",
+                           f"seeds' delete, {seed_label}, {n(size)} rules", seed(size, "delete_ms", "p50")))
+    for size in sizes:
+        r = lg[str(size)]
+        rec = r.get("reconcile")
+        if rec:
+            figs.append(Figure("control", f"restore at start (server log), {n(size)} forwards",
+                               r["restore_seconds"], "s", "bare `nft -f` of the same table",
+                               rec["nft_f"]["median_s"]))
+    base_ready = lg[str(small)]["ready_seconds"]
+    for size in sizes:
+        if size != small:
+            figs.append(Figure("control", f"start until /healthz ok, {n(size)} forwards",
+                               lg[str(size)]["ready_seconds"], "s",
+                               f"the same with {n(small)} forwards", base_ready))
+    for size in sizes:
+        rec = lg[str(size)].get("reconcile")
+        if not rec:
+            continue
+        value, base = rec["reconcile"]["median_s"], rec["nft_f"]["median_s"]
+        f = Figure("control", f"full reconcile (read db, render, apply), {n(size)} forwards", value, "s",
+                   "bare `ip netns exec NS nft -f` of the same text", base)
+        if size == large:
+            f.goal, f.met = f"<= {RECONCILE_VS_NFT_MAX:g}x", value / base <= RECONCILE_VS_NFT_MAX
+            f.status = _verdict(f.met)
+        figs.append(f)
+        figs.append(Figure("control", f"full_sync only (render + apply), {n(size)} forwards",
+                           rec["full_sync"]["median_s"], "s", "bare `ip netns exec NS nft -f` of the same text",
+                           base))
+    base_rss = lg[str(small)]["memory_at_end"]["rss_mib"]
+    for size in sizes:
+        if size != small:
+            figs.append(Figure("control", f"server RSS, {n(size)} forwards", lg[str(size)]["memory_at_end"]["rss_mib"],
+                               "MiB", f"server RSS, {n(small)} forwards", base_rss))
+    return figs
+
+
+def _dataplane_figures(dp: dict) -> list[Figure]:
+    figs: list[Figure] = []
+    lat = dp["latency"]
+    by_kind: dict[str, dict[int, float]] = {}
+    labels = {"labgate": "labgate maps", "nft": "iptables-nft linear chain", "legacy": "iptables-legacy linear chain"}
+    for entry in lat.values():
+        by_kind.setdefault(entry["kind"], {})[entry["forwards"]] = entry["connect_echo_us"]["p50"]
+    lg = by_kind.get("labgate", {})
+    sizes = sorted(lg)
+    small, large = sizes[0], sizes[-1]
+    for size in sizes:
+        if size == small:
+            continue
+        f = Figure("data plane", f"new connection (connect + echo), median, {n(size)} forwards", lg[size], "us",
+                   f"labgate, {n(small)} forwards", lg[small])
+        if size == large:
+            f.goal, f.met = f"<= {CONNECT_GROWTH_MAX:g}x", lg[size] / lg[small] <= CONNECT_GROWTH_MAX
+            f.status = _verdict(f.met)
+        figs.append(f)
+    for kind in by_kind:
+        if kind == "labgate":
+            continue
+        for size in sizes:
+            figs.append(Figure("data plane", f"new connection, median, {n(size)} forwards", lg[size], "us",
+                               f"{labels.get(kind, kind)}, {n(size)} rules", by_kind[kind].get(size)))
+    for kind in by_kind:
+        if kind == "labgate":
+            continue
+        ipt = by_kind[kind]
+        figs.append(Figure("data plane", f"{labels.get(kind, kind)}: new connection, median, {n(large)} rules",
+                           ipt.get(large), "us", f"the same chain with {n(small)} rules", ipt.get(small)))
+    tp = dp.get("throughput")
+    if tp:
+        table = n(tp["forwards_in_labgate_table"])
+        for mode, where in (("one_cpu", "iperf3 client and server on one CPU"),
+                            ("two_cpus", "iperf3 client on CPU 0, server on CPU 1")):
+            t = tp.get(mode)
+            if not t:
+                continue
+            route, lgate = t["route"]["gbit_s"], t["labgate"]["gbit_s"]
+            f = Figure("data plane", f"TCP throughput through a labgate forward ({table} in the table), {where}",
+                       lgate, "Gbit/s", "plain routing, no NAT", route)
+            if mode == "one_cpu":
+                f.goal, f.met = f">= {THROUGHPUT_MIN:g}x", lgate / route >= THROUGHPUT_MIN
+                f.status = _verdict(f.met)
+            figs.append(f)
+            if mode == "one_cpu":
+                figs.append(Figure("data plane", f"TCP throughput through a labgate forward, {where}", lgate,
+                                   "Gbit/s", "one static nft DNAT rule + masquerade", t["static_dnat"]["gbit_s"]))
+                figs.append(Figure("data plane", f"TCP throughput through one static nft DNAT rule, {where}",
+                                   t["static_dnat"]["gbit_s"], "Gbit/s", "plain routing, no NAT", route))
+            figs.append(Figure("data plane", f"TCP throughput through socat (userspace proxy), {where}",
+                               t["socat"]["gbit_s"], "Gbit/s", "plain routing, no NAT", route))
+    return figs
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit in ("ms",):
+        text = f"{value:.2f}" if value < 100 else f"{value:,.0f}"
+    elif unit == "s":
+        text = f"{value:.3f}" if value < 100 else f"{value:,.0f}"
+    elif unit in ("us", "MiB", "/s"):
+        text = f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
+    elif unit == "Gbit/s":
+        text = f"{value:.2f}"
+    else:
+        text = f"{value:g}"
+    return f"{text} {unit}"
+
+
+def _load(values) -> str:
+    return "/".join(f"{v:.2f}" for v in values) if values else "?"
+
+
+def _fmt_ratio(r: float | None) -> str:
+    if r is None:
+        return "-"
+    return f"{r:.2f}x" if r >= 0.01 else f"{r:.4f}x"
+
+
+def markdown(results: dict, figures: list[Figure], stem: str = "latest") -> str:
+    m, g = results["machine"], results["git"]
+    lines = [
+        "# labgate benchmark results",
+        "",
+        f"Run {results['date']} ({results['mode']} mode, {results['duration_s']:.0f} s) on commit "
+        f"`{(g.get('commit') or 'unknown')[:12]}`{' (src/ modified)' if g.get('src_modified') else ''}; "
+        f"{m['cpus']} CPU ({m['cpu']}), {m['memory_gib']} GiB, kernel {m['kernel']}, {m['os']}, "
+        f"Python {m['python']}, {m['nft']}, {m['iptables']}, {m['iperf3']}. Load average (1/5/15 min) at the start "
+        f"{_load(results.get('load_average_start'))}, at the end {_load(results.get('load_average_end'))}.",
+        "",
+        "Each figure is a ratio against a baseline measured in the same run (times: below 1x means faster than the "
+        f"baseline; rates: above 1x means more). Raw numbers are in `{stem}.json`. How each is measured: the "
+        "docstrings of `bench/control.py`, `bench/dataplane.py`, `bench/background.py` and `bench/seeds.py`.",
+        "",
+    ]
+    areas = []
+    for f in figures:
+        if f.area not in areas:
+            areas.append(f.area)
+    for area in areas:
+        lines += [f"## {area.capitalize()}", "",
+                  "| figure | labgate | baseline (same run) | baseline value | ratio | goal | result |",
+                  "| --- | ---: | --- | ---: | ---: | --- | --- |"]
+        for f in (x for x in figures if x.area == area):
+            lines.append(f"| {f.name} | {_fmt(f.value, f.unit) if f.status != 'not yet' else 'not yet'} | "
+                         f"{f.baseline_name} | {_fmt(f.baseline, f.unit)} | {_fmt_ratio(f.ratio)} | "
+                         f"{f.goal or '-'} | {f.status or '-'} |")
+        lines.append("")
+    lines += _raw_tables(results)
+    return "\n".join(lines) + "\n"
+
+
+def _raw_tables(results: dict) -> list[str]:
+    lines: list[str] = []
+    ctl = results.get("control")
+    if ctl:
+        lines += ["## Raw: control plane", "",
+                  "| forwards | who | create p50 / p99 (ms) | delete p50 / p99 (ms) | creates/s (8 clients) | samples |",
+                  "| ---: | --- | ---: | ---: | ---: | ---: |"]
+        for size, r in sorted(ctl["labgate"].items(), key=lambda kv: int(kv[0])):
+            lines.append(f"| {n(size)} | labgate API | {r['create_ms']['p50']:.2f} / {r['create_ms']['p99']:.2f} | "
+                         f"{r['delete_ms']['p50']:.2f} / {r['delete_ms']['p99']:.2f} | "
+                         f"{r['concurrent_creates']['per_second']:.0f} | {r['create_ms']['n']} |")
+            for backend in ctl["seeds"].values():
+                s = backend["sizes"].get(size)
+                if s:
+                    lines.append(f"| {n(size)} | seeds, {backend['label']} | {s['create_ms']['p50']:.1f} / "
+                                 f"{s['create_ms']['p99']:.1f} | {s['delete_ms']['p50']:.1f} / "
+                                 f"{s['delete_ms']['p99']:.1f} | {s['concurrent_creates']['per_second']:.1f} | "
+                                 f"{s['create_ms']['n']} |")
+        lines += ["", "| forwards | ready (s) | restore, logged (s) | full reconcile (s) | of which read db (s) | "
+                      "render (s) | full_sync (s) | bare nft -f (s) | RSS after restore / at end / peak (MiB) | first create (ms) |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for size, r in sorted(ctl["labgate"].items(), key=lambda kv: int(kv[0])):
+            rec = r.get("reconcile") or {}
+
+            def med(key: str) -> str:
+                return f"{rec[key]['median_s']:.3f}" if key in rec else "-"
+
+            lines.append(f"| {n(size)} | {r['ready_seconds']:.2f} | {r['restore_seconds']:.3f} | {med('reconcile')} | "
+                         f"{med('load_rules')} | {med('render')} | {med('full_sync')} | {med('nft_f')} | "
+                         f"{r['memory_after_restore']['rss_mib']:.0f} / {r['memory_at_end']['rss_mib']:.0f} / "
+                         f"{r['memory_at_end']['hwm_mib']:.0f} | "
+                         f"{r['first_create_ms']:.1f} |")
+        lines.append("")
+    dp = results.get("dataplane")
+    if dp:
+        lines += ["## Raw: data plane", "",
+                  "| gateway | forwards | connect + echo p50 / p90 / p99 (us) | samples | table load (s) |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for e in sorted(dp["latency"].values(), key=lambda e: (e["kind"] != "labgate", e["kind"], e["forwards"])):
+            s = e["connect_echo_us"]
+            lines.append(f"| {e['kind'] if e['kind'] == 'labgate' else 'iptables-' + e['kind']} | "
+                         f"{n(e['forwards'])} | {s['p50']:.0f} / {s['p90']:.0f} / {s['p99']:.0f} | {s['n']} | "
+                         f"{e['table_load_s']:.3f} |")
+        tp = dp.get("throughput")
+        if tp:
+            modes = [m for m in ("one_cpu", "two_cpus") if m in tp]
+            lines += ["", f"Throughput, iperf3 one stream, {tp['seconds']} s a run (Gbit/s, median; every run)", "",
+                      "| path | " + " | ".join(m.replace("_", " ") for m in modes) + " |",
+                      "| --- |" + " ---: |" * len(modes)]
+            for key in tp[modes[0]]:
+                cells = [f"{tp[m][key]['gbit_s']:.2f} ({', '.join(f'{x:.2f}' for x in tp[m][key]['all_gbit_s'])})"
+                         for m in modes]
+                lines.append(f"| {key.replace('_', ' ')} | " + " | ".join(cells) + " |")
+        lines.append("")
+    bg = results.get("background")
+    if bg:
+        h, p = bg["health_cycle"], bg["seeds_pinger"]
+        lines += ["## Raw: background", "",
+                  f"- labgate health cycle over {n(h['addresses'])} addresses ({n(h['answering'])} answering, "
+                  f"{n(h['tcp_targets'])} TCP targets): " + ", ".join(f"{x:.2f} s" for x in h["all_cycle_s"])
+                  + f" (median {h['cycle_s']:.2f} s).",
+                  f"- seeds' pinger: {n(p['sample'])} addresses ({p['answered']} answering) in {p['sample_s']:.1f} s "
+                  f"with {p['threads']} threads; scaled to {n(p['extrapolated_to'])}: {p['extrapolated_s']:.0f} s.",
+                  ""]
+    notes = results.get("notes") or []
+    if notes:
+        lines += ["## Notes", ""] + [f"- {x}" for x in notes] + [""]
+    return lines
+
+
+def write(results: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
+    figures = build_figures(results)
+    results = dict(results)
+    results["figures"] = [dict(asdict(f), ratio=f.ratio) for f in figures]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
+    md_path.write_text(markdown(results, figures, stem))
+    return json_path, md_path
+
+
+if __name__ == "__main__":  # python bench/report.py [results.json]: write its .md again (after a format change)
+    source = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results" / "latest.json")
+    data = json.loads(source.read_text())
+    data.pop("figures", None)
+    print(*write(data, source.parent, source.stem), sep="\n")
