@@ -11,6 +11,8 @@ Any failure sets `needs_full`, so the next pass re-renders everything. Callers h
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import ipaddress
 import json
 import logging
@@ -18,7 +20,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -35,6 +37,7 @@ from labgate.dataplane.render import (
     render_changes,
     render_check,
     render_list_set,
+    render_list_tables,
     render_gateway_table,
     render_usage_ensure,
     render_usage_table,
@@ -49,6 +52,18 @@ SYNC_SECONDS = Histogram(
 SYNC_FAILURES = Counter("labgate_sync_failures_total", "Kernel changes that failed", ["gateway", "kind"])
 DRIFT_REPAIRS = Counter("labgate_drift_repairs_total", "Full syncs caused by drift found in the kernel", ["gateway"])
 RULES = Gauge("labgate_kernel_forwards", "Forwards present in the kernel after the last full sync", ["gateway"])
+
+
+T = TypeVar("T")
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+def release_memory() -> None:
+    """Give freed heap back to the system (glibc keeps it otherwise): after a big render or listing."""
+    try:
+        _libc.malloc_trim(0)
+    except AttributeError:  # not glibc
+        pass
 
 
 class DataplaneError(RuntimeError):
@@ -83,8 +98,7 @@ class GatewayDataplane:
         self._runner_generation = -1
         self.worker = NamespaceWorker(cfg.netns) if kernel else None
         self.reader = NamespaceWorker(cfg.netns) if kernel else None
-        self._reader_runner: NftRunner | None = None
-        self._reader_generation = -1
+        self.usage_damaged = False
 
     # --- inside the namespace thread -------------------------------------------------------------------------
     def _nft(self, text: str, *, json: bool = False, terse: bool = False) -> str:
@@ -186,10 +200,16 @@ class GatewayDataplane:
             log.error("event=conntrack_failed gateway=%s marks=%s error=%r", self.cfg.name, marks, str(exc))
 
     def cut(self, marks: Iterable[int]) -> None:
-        """Delete the conntrack entries of these forward ids (established sessions through them stop)."""
+        """Delete the conntrack entries of these forward ids (established sessions through them stop).
+
+        `conntrack -D` walks the host's whole conntrack hash (~12 ms here), so it runs on the reader thread:
+        callers do it after their commit and outside the gateway lock, and other changes do not wait for it."""
         marks = sorted(set(marks))
-        if self.worker is not None and marks:
-            self._run(lambda: self._cut_in_namespace(marks), "cutting connections")
+        if self.reader is not None and marks:
+            try:
+                self.reader.run(lambda: self._cut_in_namespace(marks))
+            except (NamespaceError, OSError) as exc:
+                log.error("event=conntrack_failed gateway=%s marks=%s error=%r", self.cfg.name, marks, str(exc))
 
     def full_sync(self, rules: list[ForwardRule]) -> None:
         """Replace the whole table with `rules` in one atomic batch. Raises DataplaneError on failure."""
@@ -204,10 +224,20 @@ class GatewayDataplane:
             ids = [r.id for r in rules]
 
             def job() -> None:
-                # Counters live in their own table: keep it (and its counts) when intact, rebuild it otherwise.
-                usage = render_usage_ensure(shape, ids) if self._table_intact(shape.usage_table, USAGE_CHAINS) \
+                # Counters live in their own table: keep it (and its counts) unless it is missing or was found
+                # damaged by check_tables; "list tables" names tables without fetching any element.
+                present = f"table ip {shape.usage_table}\n" in self._nft(render_list_tables()) + "\n"
+                usage = render_usage_ensure(shape, ids) if present and not self.usage_damaged \
                     else render_usage_table(shape, ids)
-                self._nft(text + usage)
+                try:
+                    self._nft(text + usage)
+                finally:
+                    # A context that rendered 50,000 elements keeps them cached: start the next one fresh.
+                    if self._runner is not None:
+                        self._runner.close()
+                        self._runner = None
+                    release_memory()
+                self.usage_damaged = False
 
             self._run(job, "full sync")
         except DataplaneError:
@@ -222,11 +252,11 @@ class GatewayDataplane:
         self.forwards_in_kernel = len(rules)
         log.info("event=full_sync gateway=%s forwards=%d seconds=%.3f", self.cfg.name, len(rules), elapsed)
 
-    def _table_intact(self, table: str, expected: dict[str, int]) -> bool:
-        """In the namespace thread: does `table` exist with exactly these chains and rule counts? (No elements
-        are listed: terse output, cheap at any size.)"""
+    @staticmethod
+    def _table_intact(runner: NftRunner, table: str, expected: dict[str, int]) -> bool:
+        """Does `table` exist with exactly these chains and rule counts?"""
         try:
-            out = self._nft(render_check(table), json=True, terse=True)
+            out = runner.run(render_check(table), json=True, terse=True)
         except NftError:
             return False
         rules: dict[str, int] = {name: 0 for name in expected}
@@ -238,47 +268,60 @@ class GatewayDataplane:
                 rules[item["rule"]["chain"]] += 1
         return chains == set(expected) and rules == expected
 
-    def intact(self) -> bool:
-        """Cheap drift check: both tables exist in the current namespace with every chain and rule in place."""
+    def check_tables(self) -> tuple[bool, bool]:
+        """Drift check: (forwarding table intact, usage table intact). Runs on the reader thread without the
+        gateway lock: nft 1.0.6 fetches every element even for a terse listing (~1 s at 50,000 forwards), and
+        API changes must not wait for that. A change in flight never removes chains or rules, so it cannot make
+        this check fail."""
         if self.worker is None:
-            return True
+            return True, True
         if self.external_address is None:
-            return False
+            return False, False
         shape = self.shape()
         expected = dict(CHAINS)
         if not self.cfg.masquerade:
             expected["postrouting"] = 0
         try:
-            return bool(self._run(lambda: self._table_intact(shape.table, expected)
-                                  and self._table_intact(shape.usage_table, USAGE_CHAINS), "checking table"))
+            return self._read(lambda r: (self._table_intact(r, shape.table, expected),
+                                         self._table_intact(r, shape.usage_table, USAGE_CHAINS)), "checking tables")
         except DataplaneError:
-            return False
+            return False, False
+
+    def intact(self) -> bool:
+        return all(self.check_tables())
+
+    def _read(self, fn: Callable[[NftRunner], T], what: str) -> T:
+        """Run fn on the reader thread (second namespace thread) with a fresh nft context, released afterwards:
+        a listing of 50,000 elements leaves ~100-200 MiB in a context's cache otherwise."""
+        assert self.reader is not None
+
+        def job() -> T:
+            runner = self._runner_factory()
+            try:
+                return fn(runner)
+            finally:
+                runner.close()
+                release_memory()
+
+        try:
+            return self.reader.run(job)
+        except (NftError, NamespaceError, OSError) as exc:
+            raise DataplaneError(f"{what}: {exc}".splitlines()[0]) from exc
 
     def read_usage(self) -> dict[int, tuple[int, int, int]]:
-        """{forward id: (connections, packets, bytes)} from the kernel counters. Runs on a second namespace thread
-        so a slow listing never delays an API change."""
+        """{forward id: (connections, packets, bytes)} from the kernel counters. Runs on the reader thread so a
+        slow listing never delays an API change."""
         if self.worker is None or self.external_address is None:
             return {}
         table = self.shape().usage_table
 
-        def job() -> dict[int, tuple[int, int, int]]:
-            if self._reader_runner is None or self._reader_generation != self.reader.generation:
-                if self._reader_runner is not None:
-                    self._reader_runner.close()
-                self._reader_runner = self._runner_factory()
-                self._reader_generation = self.reader.generation
-            counts: dict[str, dict[int, tuple[int, int]]] = {}
-            for name in USAGE_SETS:
-                out = self._reader_runner.run(render_list_set(table, name), json=True)
-                counts[name] = parse_counters(out)
+        def read(runner: NftRunner) -> dict[int, tuple[int, int, int]]:
+            counts = {name: parse_counters(runner.run(render_list_set(table, name), json=True))
+                      for name in USAGE_SETS}
             return {i: (counts["conns"].get(i, (0, 0))[0],) + counts["traffic"].get(i, (0, 0))
                     for i in counts["traffic"].keys() | counts["conns"].keys()}
 
-        assert self.reader is not None
-        try:
-            return self.reader.run(job)
-        except (NftError, NamespaceError, OSError) as exc:
-            raise DataplaneError(f"reading counters: {exc}".splitlines()[0]) from exc
+        return self._read(read, "reading counters")
 
     def remove_table(self) -> None:
         """Delete labgate's table for this gateway (used by `demo --down` and tests); no error if absent."""
@@ -308,12 +351,6 @@ class GatewayDataplane:
                     pass
             self.worker.close()
         if self.reader is not None:
-            runner = self._reader_runner
-            if runner is not None:
-                try:
-                    self.reader.run(runner.close, timeout=5)
-                except Exception:  # noqa: BLE001
-                    pass
             self.reader.close()
 
 
@@ -354,18 +391,20 @@ class Dataplane:
         if gw.worker is None:  # no dataplane in this process (serve --no-agent): nothing to keep in sync
             gw.needs_full = False
             return True
+        drifted = False
+        stale = (self.full_interval is not None and gw.last_full_sync_at is not None
+                 and time.time() - gw.last_full_sync_at >= self.full_interval)
+        if stale:
+            # The structure check cannot see one element deleted by hand; a periodic full render can.
+            gw.needs_full = True
+        if not gw.needs_full:
+            main_ok, usage_ok = gw.check_tables()  # outside the lock: it can take a second at 50,000 forwards
+            gw.usage_damaged = gw.usage_damaged or not usage_ok
+            drifted = not (main_ok and usage_ok)
+            if drifted:
+                log.warning("event=drift gateway=%s action=full_sync", gw.cfg.name)
+                DRIFT_REPAIRS.labels(gw.cfg.name).inc()
         with gw.lock:
-            drifted = False
-            stale = (self.full_interval is not None and gw.last_full_sync_at is not None
-                     and time.time() - gw.last_full_sync_at >= self.full_interval)
-            if stale:
-                # The cheap check cannot see one element deleted by hand; a periodic full render can.
-                gw.needs_full = True
-            if not gw.needs_full:
-                drifted = not gw.intact()
-                if drifted:
-                    log.warning("event=drift gateway=%s action=full_sync", gw.cfg.name)
-                    DRIFT_REPAIRS.labels(gw.cfg.name).inc()
             if gw.needs_full or drifted:
                 previous = gw.last_error
                 try:

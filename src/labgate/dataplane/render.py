@@ -54,15 +54,22 @@ class ForwardRule:
             raise ValueError("allowed_sources must be IPv4Network values")
 
     def keys(self) -> list[str]:
-        return [f"{self.external_address} . {self.protocol} . {self.external_port + i}" for i in range(self.port_count)]
+        prefix = f"{self.external_address} . {self.protocol} . "
+        return [f"{prefix}{self.external_port + i}" for i in range(self.port_count)]
 
     def id_elements(self) -> list[str]:
         return [f"{k} : {self.id}" for k in self.keys()]
 
     def target_elements(self) -> list[str]:
-        return [
-            f"{k} : {self.target_address} . {self.target_port + i}" for i, k in enumerate(self.keys())
-        ]
+        target = f" : {self.target_address} . "
+        return [f"{k}{target}{self.target_port + i}" for i, k in enumerate(self.keys())]
+
+    def elements(self) -> tuple[list[str], list[str]]:
+        """(id elements, target elements) in one pass: the full render does this 50,000 times."""
+        keys = self.keys()
+        target = f" : {self.target_address} . "
+        ident = f" : {self.id}"
+        return [k + ident for k in keys], [f"{k}{target}{self.target_port + i}" for i, k in enumerate(keys)]
 
     def source_elements(self) -> list[str]:
         return [f"{self.id} . {net}" for net in self.allowed_sources]
@@ -108,8 +115,9 @@ def render_gateway_table(shape: GatewayShape, rules: Iterable[ForwardRule]) -> s
     restricted: list[str] = []
     sources: list[str] = []
     for rule in rules:
-        ids.extend(rule.id_elements())
-        targets.extend(rule.target_elements())
+        rule_ids, rule_targets = rule.elements()
+        ids.extend(rule_ids)
+        targets.extend(rule_targets)
         if rule.allowed_sources:
             restricted.append(str(rule.id))
             sources.extend(rule.source_elements())
@@ -210,8 +218,13 @@ def render_usage_ensure(shape: GatewayShape, ids: Iterable[int]) -> str:
 
 
 def render_check(table: str) -> str:
-    """A cheap command whose (terse, JSON) output lets reconcile see whether a table is intact."""
+    """The command whose (terse, JSON) output lets reconcile see whether a table is intact. nft 1.0.6 still fetches
+    every element for it (about 1 s at 50,000 forwards), so reconcile runs it off the gateway lock."""
     return f"list table ip {table}"
+
+
+def render_list_tables() -> str:
+    return "list tables"
 
 
 def render_list_set(table: str, name: str) -> str:
