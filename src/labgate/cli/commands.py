@@ -45,13 +45,18 @@ def client_for(context: str | None) -> tuple[Client, ctxmod.Context]:
     return Client(ctx.url, ctx.token), ctx
 
 
-FORWARD_COLUMNS = ("id", "name", "kind", "proto", "external", "target", "status", "owner", "description")
+FORWARD_COLUMNS = ("id", "name", "kind", "proto", "external", "target", "status", "health", "used", "owner",
+                   "description")
 
 
 def forward_row(f: Forward) -> tuple:
     target = f"{f.target_address}:{f.target_port}" if f.port_count == 1 else \
         f"{f.target_address}:{f.target_port}-{f.target_port + f.port_count - 1}"
-    return (f.id, f.name, f.kind, f.protocol, f.external, target, f.status, f.owner, f.description)
+    usage = f.usage or {}
+    last = str(usage.get("last_used_at") or "")[:16].replace("T", " ")
+    used = f"{usage.get('connections', 0)} conn" + (f", last {last}" if last else "")
+    return (f.id, f.name, f.kind, f.protocol, f.external, target, f.status, (f.health or {}).get("state"), used,
+            f.owner, f.description)
 
 
 def show_forward(fwd: Forward, output: Format) -> None:
@@ -323,18 +328,19 @@ def forward_apply(
 def machine_ls(
     name: Annotated[Optional[str], typer.Option("--name", "-n")] = None,
     kind: Annotated[Optional[str], typer.Option()] = None,
+    status: Annotated[Optional[str], typer.Option(help="up, down (bad records) or unknown")] = None,
     context: ContextOpt = None,
     output: OutputOpt = Format.table,
 ) -> None:
     """List machines with their addresses and forwards."""
     client, _ = client_for(context)
     with client:
-        machines = client.list_machines(name=name, kind=kind)
+        machines = client.list_machines(name=name, kind=kind, status=status)
     if output == Format.json:
         emit_json(machines)
         return
-    table(("name", "kind", "owner", "addresses", "forwards"),
-          [(m.name, m.kind, m.owner, ", ".join(m.addresses),
+    table(("name", "kind", "owner", "status", "addresses", "forwards"),
+          [(m.name, m.kind, m.owner, m.status, ", ".join(m.addresses),
             ", ".join(f"{f.protocol}/{f.target_port}->{f.external}" for f in m.forwards)) for m in machines])
 
 

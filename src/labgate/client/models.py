@@ -31,6 +31,8 @@ class Forward:
     status: str = "active"
     created_at: datetime | str | None = None
     updated_at: datetime | str | None = None
+    health: dict[str, Any] = field(default_factory=dict)  # state up/down/unknown, address, port, rtt_ms, ...
+    usage: dict[str, Any] = field(default_factory=dict)   # connections, packets, bytes, last_used_at
 
     @classmethod
     def from_api(cls, data: dict[str, Any]) -> "Forward":
@@ -51,6 +53,7 @@ class Machine:
     owner: str
     addresses: list[str]
     forwards: list[Forward]
+    status: str = "unknown"  # up, down (a bad record), unknown
 
     @classmethod
     def from_api(cls, data: dict[str, Any]) -> "Machine":

@@ -37,7 +37,6 @@ from labgate.dataplane.render import (
     render_changes,
     render_check,
     render_list_set,
-    render_list_tables,
     render_gateway_table,
     render_usage_ensure,
     render_usage_table,
@@ -98,7 +97,6 @@ class GatewayDataplane:
         self._runner_generation = -1
         self.worker = NamespaceWorker(cfg.netns) if kernel else None
         self.reader = NamespaceWorker(cfg.netns) if kernel else None
-        self.usage_damaged = False
 
     # --- inside the namespace thread -------------------------------------------------------------------------
     def _nft(self, text: str, *, json: bool = False, terse: bool = False) -> str:
@@ -224,20 +222,19 @@ class GatewayDataplane:
             ids = [r.id for r in rules]
 
             def job() -> None:
-                # Counters live in their own table: keep it (and its counts) unless it is missing or was found
-                # damaged by check_tables; "list tables" names tables without fetching any element.
-                present = f"table ip {shape.usage_table}\n" in self._nft(render_list_tables()) + "\n"
-                usage = render_usage_ensure(shape, ids) if present and not self.usage_damaged \
-                    else render_usage_table(shape, ids)
+                # Counters live in their own table: repaired in place (their counts kept); only if that is refused
+                # (a set of the wrong type, say) is the counters table rebuilt from zero.
                 try:
-                    self._nft(text + usage)
+                    try:
+                        self._nft(text + render_usage_ensure(shape, ids))
+                    except NftError:
+                        self._nft(text + render_usage_table(shape, ids))
                 finally:
                     # A context that rendered 50,000 elements keeps them cached: start the next one fresh.
                     if self._runner is not None:
                         self._runner.close()
                         self._runner = None
                     release_memory()
-                self.usage_damaged = False
 
             self._run(job, "full sync")
         except DataplaneError:
@@ -399,7 +396,6 @@ class Dataplane:
             gw.needs_full = True
         if not gw.needs_full:
             main_ok, usage_ok = gw.check_tables()  # outside the lock: it can take a second at 50,000 forwards
-            gw.usage_damaged = gw.usage_damaged or not usage_ok
             drifted = not (main_ok and usage_ok)
             if drifted:
                 log.warning("event=drift gateway=%s action=full_sync", gw.cfg.name)

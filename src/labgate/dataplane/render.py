@@ -210,11 +210,25 @@ def render_usage_table(shape: GatewayShape, ids: Iterable[int]) -> str:
 
 
 def render_usage_ensure(shape: GatewayShape, ids: Iterable[int]) -> str:
-    """Add every id to the counter sets; adding an element that exists is a no-op, so counters are kept."""
+    """Make the counters table right without losing counts and without listing anything (a listing fetches every
+    element on nft 1.0.6): every "add" is a no-op for what exists, the chains are flushed and their one rule put
+    back, and every id is added to the counter sets (an existing element keeps its counter)."""
+    u = shape.usage_table
     items = ", ".join(str(i) for i in ids)
-    if not items:
-        return ""
-    return "".join(f"add element ip {shape.usage_table} {name} {{ {items} }}\n" for name in USAGE_SETS)
+    lines = [
+        f"add table ip {u}",
+        f"add set ip {u} conns {{ type mark; counter; }}",
+        f"add set ip {u} traffic {{ type mark; counter; }}",
+        f"add chain ip {u} pre {{ type filter hook prerouting priority dstnat + 10; policy accept; }}",
+        f"add chain ip {u} forward {{ type filter hook forward priority filter + 10; policy accept; }}",
+        f"flush chain ip {u} pre",
+        f"flush chain ip {u} forward",
+        f"add rule ip {u} pre ct state new ct mark @conns",
+        f"add rule ip {u} forward ct mark @traffic",
+    ]
+    if items:
+        lines += [f"add element ip {u} {name} {{ {items} }}" for name in USAGE_SETS]
+    return "\n".join(lines) + "\n"
 
 
 def render_check(table: str) -> str:
@@ -222,9 +236,6 @@ def render_check(table: str) -> str:
     every element for it (about 1 s at 50,000 forwards), so reconcile runs it off the gateway lock."""
     return f"list table ip {table}"
 
-
-def render_list_tables() -> str:
-    return "list tables"
 
 
 def render_list_set(table: str, name: str) -> str:
