@@ -15,6 +15,7 @@ import dns.name
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from labgate.inline_secrets import refuse_inline_secrets
 from labgate.workers.sinks import SinkConfig, sink_names
 
 GATEWAY_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
@@ -367,12 +368,9 @@ class DdnsConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_inline_secret(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            inline = [k for k in data if isinstance(k, str) and k.lower() in DDNS_INLINE_SECRET_KEYS]
-            if inline:
-                raise ValueError(f"ddns.{inline[0]} is not accepted: the TSIG secret is only read from a file "
-                                 "named by ddns.key_file (e.g. the output of `tsig-keygen -a hmac-sha256 NAME`)")
-        return data
+        return refuse_inline_secrets(data, DDNS_INLINE_SECRET_KEYS,
+                                     "ddns.{key} is not accepted: the TSIG secret is only read from a file named by "
+                                     "ddns.key_file (e.g. the output of `tsig-keygen -a hmac-sha256 NAME`)")
 
     @field_validator("server")
     @classmethod

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import dns.rdatatype
 import dns.tsig
 import dns.update
 
-from tests.harness import free_port
+from tests.harness import free_port, stop_process
 
 PACKAGES = "apt-get install bind9 bind9-utils bind9-dnsutils"
 
@@ -135,14 +134,7 @@ class Bind:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
 
     # --- looking at the zone, independently of labgate ---------------------------------------------------------
     def query(self, name: str, rdtype: str, timeout: float = 2) -> list[str]:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from tests.harness import free_port
+from tests.harness import free_port, stop_process
 
 
 def find_rsyslogd() -> str:
@@ -141,14 +140,7 @@ class Rsyslog:
     def stop(self) -> None:
         """SIGTERM (a clean close of every connection, like a real restart), SIGKILL after 10 s."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
 
     def lines(self, transport: str) -> list[str]:
         path = self.output(transport)

@@ -23,19 +23,14 @@ import dns.rcode
 import pytest
 
 from labgate.config import DdnsConfig, GatewayConfig, ServerConfig, Settings
-from tests.harness import Server, free_port, running_server
+from tests.harness import Server, free_port, require, running_server
 from tests.services.bind import Bind, find_named, key_secret, tsig_keygen
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 ZONE = "lab.test"
 MZONE = "m.lab.test"
 
 
-def _require(ok: bool, reason: str) -> None:
-    if not ok:
-        if IN_CI:
-            pytest.fail(f"{reason} (CI must run these tests)", pytrace=False)
-        pytest.skip(reason)
+_require = require
 
 
 def _require_named() -> None:

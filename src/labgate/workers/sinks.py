@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from labgate import __version__
+from labgate.inline_secrets import refuse_inline_secrets
 from labgate.workers.events import KIND_RE, DeliveryError, DeliveryPolicy, Event
 from labgate.workers.syslog import FACILITIES, SD_ID, SD_NAME_RE, SEVERITIES, SyslogFormat, frame
 
@@ -63,12 +64,9 @@ class _SinkConfigBase(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_inline_secrets(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            inline = [k for k in data if isinstance(k, str) and k.lower() in INLINE_SECRET_KEYS]
-            if inline:
-                raise ValueError(f"sink setting {inline[0]!r} is not accepted: secrets are read from files "
-                                 "(token_file, key_file), never written in labgate.toml")
-        return data
+        return refuse_inline_secrets(data, INLINE_SECRET_KEYS,
+                                     "sink setting '{key}' is not accepted: secrets are read from files "
+                                     "(token_file, key_file), never written in labgate.toml")
 
     @field_validator("kinds")
     @classmethod
