@@ -9,7 +9,9 @@ from typing import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from labgate import __version__
 from labgate.api.routes import compat, ddns, events, forwards, gateways, health, machines
@@ -25,6 +27,27 @@ def _error(status: int, code: str, message: str, field: str | None = None, **ext
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+NOT_JSON = "the request body is not valid JSON: send a JSON object (Content-Type: application/json)"
+
+
+class JsonBodies:
+    """Every body this API accepts is JSON, so a body is read as JSON whatever its Content-Type says: `curl -d`
+    sends application/x-www-form-urlencoded, and the README's first example must not fail on that. A body that is
+    not JSON is then a 422 saying so."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH", "DELETE"):
+            headers = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            declared = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
+            mime = declared.split(b";")[0].strip().lower()
+            if mime != b"application/json" and not mime.endswith(b"+json"):
+                scope = dict(scope, headers=headers + [(b"content-type", b"application/json")])
+        await self.app(scope, receive, send)
+
+
 def create_app(lg: Labgate, *, manage_lifecycle: bool = True) -> FastAPI:
     """The API for service `lg`. With manage_lifecycle, the app starts and stops it (migrations, dataplane)."""
 
@@ -38,8 +61,10 @@ def create_app(lg: Labgate, *, manage_lifecycle: bool = True) -> FastAPI:
             if manage_lifecycle:
                 lg.stop()
 
-    app = FastAPI(title="labgate", version=__version__, lifespan=lifespan,
-                  description="Self-service port forwarding into lab networks.")
+    # The docs' Swagger UI and ReDoc assets are served by labgate itself: gateways are often offline.
+    app = FastAPIOffline(title="labgate", version=__version__, lifespan=lifespan,
+                         description="Self-service port forwarding into lab networks.")
+    app.add_middleware(JsonBodies)
     app.state.labgate = lg
     for r in (health.router, forwards.router, machines.router, gateways.router, events.router, ddns.router):
         app.include_router(r)
@@ -59,7 +84,9 @@ def create_app(lg: Labgate, *, manage_lifecycle: bool = True) -> FastAPI:
         # For a JSON syntax error the "location" is a character offset, not a field.
         field = None if first.get("type") == "json_invalid" else (".".join(loc) or None)
         msg = first.get("msg", "invalid request")
-        if first.get("type") == "extra_forbidden":
+        if first.get("type") == "json_invalid":
+            msg = NOT_JSON
+        elif first.get("type") == "extra_forbidden":
             msg = "unknown field"
         return _error(422, "invalid", f"{field}: {msg}" if field else msg, field)
 
@@ -67,7 +94,7 @@ def create_app(lg: Labgate, *, manage_lifecycle: bool = True) -> FastAPI:
     async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400:
             # A body that cannot be decoded at all is invalid input like any other: 422, one error shape.
-            return _error(422, "invalid", f"the request body is not valid JSON: {exc.detail}")
+            return _error(422, "invalid", f"{NOT_JSON} ({exc.detail})")
         code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
 
