@@ -5,12 +5,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 RUN_PACKAGES  = nftables iproute2 conntrack python3-venv
-TEST_PACKAGES = $(RUN_PACKAGES) iputils-ping postgresql rsyslog rsyslog-gnutls openssl bind9 bind9-utils bind9-dnsutils
+TEST_PACKAGES = $(RUN_PACKAGES) curl iputils-ping postgresql rsyslog rsyslog-gnutls openssl bind9 bind9-utils bind9-dnsutils
 BENCH_PACKAGES = $(RUN_PACKAGES) iptables iperf3 socat iputils-ping
 APT_PACKAGES ?= $(RUN_PACKAGES)
 CONFIG ?=
+# Where `make run` / `make test` put the `labgate` command so the README's commands work as written (root only).
+BIN_LINK ?= /usr/local/bin/labgate
 
-.PHONY: run test bench deps test-deps bench-deps system-deps clean demo
+.PHONY: run test bench deps test-deps bench-deps system-deps clean demo link
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { $(MAKE) --no-print-directory system-deps && $(PYTHON) -m venv $(VENV); }
@@ -20,7 +22,16 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test,postgres]'
 	@touch $@
 
-deps: system-deps $(VENV)/.installed
+deps: system-deps $(VENV)/.installed link
+
+# Put `labgate` on PATH: a symlink to this clone's venv in /usr/local/bin (as root, and never over a file that is
+# not such a link); otherwise say how to reach it.
+link: | $(VENV)/.installed
+	@target="$(abspath $(BIN))/labgate"; \
+	if [ "$$(readlink $(BIN_LINK) 2>/dev/null)" = "$$target" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && { [ -L $(BIN_LINK) ] || [ ! -e $(BIN_LINK) ]; }; then \
+	  ln -sfn "$$target" $(BIN_LINK) && echo "labgate is on PATH: $(BIN_LINK) -> $$target"; \
+	else echo "note: to run the labgate command from anywhere: export PATH=\"$(abspath $(BIN)):\$$PATH\""; fi
 
 test-deps:
 	@$(MAKE) --no-print-directory system-deps APT_PACKAGES='$(TEST_PACKAGES)'
@@ -40,7 +51,7 @@ run: deps
 	$(BIN)/labgate serve $(if $(CONFIG),--config $(CONFIG))
 
 test: test-deps deps
-	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+	LG_TEST_VIA_MAKE=1 $(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
 # As root: `make bench` (full, ~10 min) or `make bench BENCH_ARGS=--quick` (smoke run); results in bench/results/.
 bench: bench-deps deps
@@ -50,4 +61,5 @@ demo: deps
 	$(BIN)/labgate demo
 
 clean:
+	@if [ "$$(readlink $(BIN_LINK) 2>/dev/null)" = "$(abspath $(BIN))/labgate" ]; then rm -f $(BIN_LINK); fi
 	rm -rf $(VENV) var .pytest_cache

@@ -70,7 +70,9 @@ def running_server(settings: Settings) -> Iterator[Server]:
     port = free_port()
     settings.server.listen = f"127.0.0.1:{port}"
     lg = Labgate(settings)
-    config = uvicorn.Config(create_app(lg), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    tls = {"ssl_certfile": settings.server.tls_cert_file, "ssl_keyfile": settings.server.tls_key_file} \
+        if settings.server.tls_cert_file else {}
+    config = uvicorn.Config(create_app(lg), host="127.0.0.1", port=port, log_level="warning", lifespan="on", **tls)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
@@ -80,7 +82,7 @@ def running_server(settings: Settings) -> Iterator[Server]:
             raise RuntimeError("labgate server did not start")
         time.sleep(0.02)
     try:
-        yield Server(f"http://127.0.0.1:{port}", lg)
+        yield Server(f"{settings.server.scheme}://127.0.0.1:{port}", lg)
     finally:
         server.should_exit = True
         thread.join(timeout=30)

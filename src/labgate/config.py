@@ -54,6 +54,10 @@ class GatewayConfig(BaseModel):
     port_range: list[str] = Field(default_factory=lambda: ["4000-4999"])
     target_networks: list[str] = Field(default_factory=lambda: list(PRIVATE_NETWORKS))
     masquerade: bool = True
+    # The namespace must route (net.ipv4.ip_forward = 1) for any forward to pass. true: labgate turns it on;
+    # false: labgate only reports a gateway that does not forward; unset: on for a named namespace labgate is told
+    # to manage, report-only for the host's own namespace (whose routing is the host admin's decision).
+    enable_forwarding: bool | None = None
     # Dynamic DNS (docs/ddns.md): the name kept pointing at this gateway's address, inside [ddns] zone ...
     dns_name: str | None = None
     # ... and where that address is read: this interface inside the gateway's namespace (its first global IPv4
@@ -131,6 +135,11 @@ class GatewayConfig(BaseModel):
         return [ipaddress.IPv4Network(n) for n in self.target_networks]
 
     @property
+    def manages_forwarding(self) -> bool:
+        """Whether labgate may turn net.ipv4.ip_forward on in this gateway's namespace."""
+        return self.enable_forwarding if self.enable_forwarding is not None else bool(self.netns)
+
+    @property
     def table_name(self) -> str:
         """The nftables table labgate owns for this gateway (identifier-safe by construction)."""
         return "labgate_" + self.name.replace("-", "_")
@@ -142,7 +151,13 @@ class ServerConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LABGATE_", extra="forbid")
 
     listen: str = "127.0.0.1:3000"
-    database: str = "sqlite:///var/labgate.db"
+    # A relative SQLite path is taken inside data_dir, wherever labgate is started from: `labgate serve` and
+    # `labgate token create` run from two directories use the same file.
+    database: str = "sqlite:///labgate.db"
+    data_dir: str = Field(default_factory=lambda: default_data_dir())
+    # Serve HTTPS with this certificate (PEM, chain included) and key; both or neither.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
     reconcile_interval: float = Field(default=30.0, gt=0)
     # Every this many seconds the whole table is rendered again even if the cheap check saw no drift.
     full_resync_interval: float = Field(default=600.0, gt=0)
@@ -172,10 +187,66 @@ class ServerConfig(BaseSettings):
             raise ValueError("dataplane must be 'nft' or 'none'")
         return v
 
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir(cls, v: str) -> str:
+        path = Path(v).expanduser()
+        if not path.is_absolute():
+            raise ValueError(f"data_dir {v!r} must be an absolute path")
+        return str(path)
+
+    @model_validator(mode="after")
+    def _resolve(self) -> "ServerConfig":
+        self.database = resolve_database_url(self.database, Path(self.data_dir))
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file go together: give both (HTTPS) or neither (HTTP)")
+        for key in ("tls_cert_file", "tls_key_file"):
+            path = getattr(self, key)
+            if path and not os.access(path, os.R_OK):
+                raise ValueError(f"{key} {path!r} cannot be read")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert_file else "http"
+
     @property
     def host_port(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def default_data_dir() -> str:
+    """Where labgate keeps its state unless told otherwise: /var/lib/labgate for root, else the user's data dir."""
+    if os.geteuid() == 0:
+        return "/var/lib/labgate"
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "labgate")
+
+
+def resolve_database_url(url: str, data_dir: Path) -> str:
+    """`url` with a relative SQLite file path made absolute inside `data_dir` (other URLs unchanged)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(f"database {url!r} is not a database URL (e.g. sqlite:///labgate.db or "
+                         "postgresql+psycopg://user@host/labgate)") from None
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return url
+    path = Path(parsed.database).expanduser()
+    if path.is_absolute():
+        return url
+    return parsed.set(database=str(data_dir / path)).render_as_string(hide_password=False)
+
+
+def database_display(url: str) -> str:
+    """The database URL as it may be shown to a person: without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512")
@@ -194,8 +265,9 @@ def load_jwt_key(algorithm: str, path: str) -> Any:
     except OSError as exc:
         raise ValueError(f"compat.jwt_key_file {path!r} cannot be read: {exc.strerror or exc}") from None
     if algorithm.startswith("HS"):
-        # One trailing newline (as `echo`/`openssl rand -base64 > file` write) is not part of the secret.
-        secret = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1] if raw.endswith(b"\n") else raw
+        # The file's bytes as they are, a trailing newline included: vlab-auth-service signs with its key file's
+        # text exactly as read, so stripping anything would refuse every real vLab token (docs/compat.md).
+        secret = raw
         need = HMAC_MIN_KEY_BYTES[algorithm]
         if len(secret) < need:
             raise ValueError(f"compat.jwt_key_file holds {len(secret)} bytes; {algorithm} needs a secret of at "

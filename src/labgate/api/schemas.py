@@ -141,6 +141,12 @@ class DdnsStatusOut(BaseModel):
     machines: DdnsMachinesOut | None = None
 
 
+class GatewayProblemOut(BaseModel):
+    check: str                       # "forwarding", "connection_events", ...
+    message: str
+    fix: str                         # the command or setting that fixes it
+
+
 class GatewayOut(BaseModel):
     name: str
     netns: str
@@ -151,10 +157,12 @@ class GatewayOut(BaseModel):
     ports_total: int
     ports_free: dict[str, int]
     forwards: int
+    # ok | not_forwarding | degraded | error | pending | off (see `problems` for not_forwarding and degraded)
     status: str
     last_error: str | None
     last_sync_at: float | None
     forwards_in_kernel: int | None
+    problems: list[GatewayProblemOut] = []
     dns_name: str | None = None
     ddns: GatewayDdnsOut | None = None
 

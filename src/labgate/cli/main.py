@@ -73,9 +73,58 @@ def serve(
     if no_agent:
         settings.server.dataplane = "none"
     setup_logging(settings.server.log_level)
-    host, port = settings.server.host_port
+    try:
+        host, port = settings.server.host_port
+    except ValueError:
+        typer.echo(f"error: listen {settings.server.listen!r} is not host:port", err=True)
+        raise typer.Exit(2) from None
+    # Before anything touches the kernel: a second `labgate serve` on a busy port must fail without re-syncing
+    # the live table of the one already running.
+    problem = _listen_problem(host, port)
+    if problem:
+        typer.echo(f"error: cannot listen on {host}:{port}: {problem}", err=True)
+        typer.echo("hint: another labgate (or other server) may already run there; stop it or use --listen",
+                   err=True)
+        raise typer.Exit(6)
     lg = Labgate(settings)
-    uvicorn.run(create_app(lg), host=host, port=port, log_level=settings.server.log_level, access_log=False)
+    _first_token_hint(lg, config)
+    tls = {"ssl_certfile": settings.server.tls_cert_file, "ssl_keyfile": settings.server.tls_key_file} \
+        if settings.server.tls_cert_file else {}
+    uvicorn.run(create_app(lg), host=host, port=port, log_level=settings.server.log_level, access_log=False, **tls)
+
+
+def _listen_problem(host: str, port: int) -> str | None:
+    """Why (host, port) cannot be listened on now, or None. Bound the way uvicorn binds (SO_REUSEADDR)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"unknown host ({exc.strerror})"
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+            sock.listen(1)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
+def _first_token_hint(lg, config: Path | None) -> None:
+    """With no token in the database yet nobody can use the API: say how to make the first one."""
+    from labgate.config import database_display
+    from labgate.core.tokens import list_tokens
+    from labgate.db.migrate import upgrade
+
+    upgrade(lg.db.engine)
+    if any(not t["revoked"] for t in list_tokens(lg.db)):
+        return
+    where = f" --config {config}" if config else ""
+    typer.echo(f"labgate: no API token yet in {database_display(lg.db.url)}. Create the first one (shown once) with:\n"
+               f"  labgate token create admin --admin{where}\n"
+               f"then: labgate login --url {lg.settings.server.scheme}://{lg.settings.server.listen}", err=True)
 
 
 @token_app.command("create")
@@ -88,12 +137,18 @@ def token_create(
     from labgate.core.errors import LabgateError
     from labgate.core.tokens import create_token
 
+    from labgate.config import database_display
+
+    db = _database(config)
     try:
-        secret = create_token(_database(config), owner, admin=admin)
+        secret = create_token(db, owner, admin=admin)
     except LabgateError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from None
     typer.echo(secret)
+    # On stderr, so `TOKEN=$(labgate token create alice)` still captures only the token.
+    typer.echo(f"token for {owner}{' (admin)' if admin else ''} stored in {database_display(db.url)}; "
+               "it is shown only this once", err=True)
 
 
 @token_app.command("ls")

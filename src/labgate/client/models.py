@@ -77,6 +77,8 @@ class Gateway:
     last_error: str | None = None
     last_sync_at: float | None = None
     forwards_in_kernel: int | None = None
+    # Why a synced gateway is not_forwarding or degraded: [{"check", "message", "fix"}]
+    problems: list[dict[str, str]] = field(default_factory=list)
     dns_name: str | None = None
     ddns: dict[str, Any] | None = None  # docs/ddns.md: address_published, last_update_at, last_error, ...
 

@@ -141,6 +141,10 @@ class ForwardService:
         return cfg, gwdp
 
     def _external(self, gwdp: GatewayDataplane) -> ipaddress.IPv4Address:
+        if gwdp.external_address is None and gwdp.worker is None:
+            raise DataplaneUnavailable(
+                f"gateway {gwdp.cfg.name!r} has external_address = \"auto\" and this process runs no dataplane to "
+                "read it: set the gateway's external_address in the config")
         if gwdp.external_address is None:
             try:
                 gwdp.refresh_addresses()
@@ -160,7 +164,7 @@ class ForwardService:
         if not fwd.enabled:
             return "disabled"
         gwdp = self.dataplane.get(fwd.gateway)
-        if gwdp is None or gwdp.health().status == "error":
+        if gwdp is None or gwdp.health().status in ("error", "not_forwarding"):
             return "error"
         return "active"
 
@@ -515,5 +519,6 @@ class ForwardService:
                 "last_error": health.last_error,
                 "last_sync_at": health.last_full_sync_at,
                 "forwards_in_kernel": health.forwards_in_kernel,
+                "problems": [{"check": p.check, "message": p.message, "fix": p.fix} for p in health.problems],
             })
         return out

@@ -60,7 +60,12 @@ class Labgate:
             self.workers.append(Periodic("usage", self.settings.server.usage_interval, self.usage.collect_once))
             self.workers.append(Periodic("health", self.settings.server.health_interval, self.health.check_once))
             for gw in self.settings.gateway:
-                self.workers.append(ConnectionWatcher(gw.name, gw.netns, self.bus, self.forwards.event_fields))
+                gwdp = self.dataplane.gateways[gw.name]
+                self.workers.append(ConnectionWatcher(
+                    gw.name, gw.netns, self.bus, self.forwards.event_fields,
+                    report=lambda message, gwdp=gwdp: gwdp.set_problem(
+                        "connection_events", message, "install conntrack (Debian: apt-get install conntrack) and run "
+                        "labgate with CAP_NET_ADMIN in the gateway's namespace")))
         if self.ddns is not None:
             self.workers.append(self.ddns)
         for worker in self.workers:

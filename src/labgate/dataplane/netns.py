@@ -27,7 +27,9 @@ class NamespaceError(RuntimeError):
 
 
 def netns_path(name: str) -> str:
-    return os.path.join(NETNS_DIR, name) if name else "/proc/1/ns/net"
+    """The file naming namespace `name`; "" is the namespace this process runs in (not pid 1's: that one may be
+    another namespace, and in a container or for a process without CAP_SYS_PTRACE it cannot even be read)."""
+    return os.path.join(NETNS_DIR, name) if name else "/proc/self/ns/net"
 
 
 def netns_inode(name: str) -> int | None:

@@ -51,6 +51,11 @@ SYNC_SECONDS = Histogram(
 SYNC_FAILURES = Counter("labgate_sync_failures_total", "Kernel changes that failed", ["gateway", "kind"])
 DRIFT_REPAIRS = Counter("labgate_drift_repairs_total", "Full syncs caused by drift found in the kernel", ["gateway"])
 RULES = Gauge("labgate_kernel_forwards", "Forwards present in the kernel after the last full sync", ["gateway"])
+PROBLEMS = Gauge("labgate_gateway_problem", "1 while a gateway has this problem (check: forwarding, "
+                 "connection_events, ...), else 0", ["gateway", "check"])
+FORWARDING = Gauge("labgate_gateway_forwarding", "1 if the gateway's namespace routes packets (net.ipv4.ip_forward), "
+                   "0 if not", ["gateway"])
+IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
 
 
 T = TypeVar("T")
@@ -69,12 +74,25 @@ class DataplaneError(RuntimeError):
     """The kernel refused or could not be reached; str() says why in one line."""
 
 
+@dataclass(frozen=True)
+class GatewayProblem:
+    """Something that keeps a synced gateway from doing all its work, and the command or setting that fixes it."""
+
+    check: str     # "forwarding" (no packet passes), "connection_events" (no connection is reported), ...
+    message: str
+    fix: str
+
+
 @dataclass
 class GatewayHealth:
-    status: str  # "ok", "error", "pending" (not synced yet), "off" (no dataplane)
+    # "ok"; "not_forwarding" (rules in place but the namespace does not route); "degraded" (forwarding, but a
+    # background worker cannot run); "error" (the kernel refused or is unreachable); "pending" (not synced yet);
+    # "off" (no dataplane in this process)
+    status: str
     last_error: str | None
     last_full_sync_at: float | None
     forwards_in_kernel: int | None
+    problems: tuple[GatewayProblem, ...] = ()
 
 
 class GatewayDataplane:
@@ -97,6 +115,8 @@ class GatewayDataplane:
         self._runner_generation = -1
         self.worker = NamespaceWorker(cfg.netns) if kernel else None
         self.reader = NamespaceWorker(cfg.netns) if kernel else None
+        self._problems: dict[str, GatewayProblem] = {}
+        self._problems_lock = threading.Lock()
 
     # --- inside the namespace thread -------------------------------------------------------------------------
     def _nft(self, text: str, *, json: bool = False, terse: bool = False) -> str:
@@ -327,16 +347,84 @@ class GatewayDataplane:
         t = self.cfg.table_name
         self._run(lambda: self._nft(f"add table ip {t}\ndelete table ip {t}\n"), "removing table")
 
+    # --- problems that are not sync failures -------------------------------------------------------------------
+    def set_problem(self, check: str, message: str | None, fix: str = "") -> None:
+        """Record (message) or clear (None) a problem of this gateway; logged once when it appears or clears."""
+        with self._problems_lock:
+            old = self._problems.get(check)
+            if message is None:
+                if old is None:
+                    return
+                del self._problems[check]
+            else:
+                if old is not None and old.message == message and old.fix == fix:
+                    return
+                self._problems[check] = GatewayProblem(check, message, fix)
+        PROBLEMS.labels(self.cfg.name, check).set(0 if message is None else 1)
+        if message is None:
+            log.info("event=gateway_problem_cleared gateway=%s check=%s", self.cfg.name, check)
+        else:
+            log.warning("event=gateway_problem gateway=%s check=%s message=%r fix=%r", self.cfg.name, check,
+                        message, fix)
+
+    def problems(self) -> tuple[GatewayProblem, ...]:
+        with self._problems_lock:
+            return tuple(self._problems.values())
+
+    def check_forwarding(self) -> None:
+        """Is net.ipv4.ip_forward on in the gateway's namespace? Without it a forward is accepted, its rules are in
+        place, and no packet passes. Turned on where the gateway's config allows it, else reported with the fix."""
+        if self.worker is None:
+            return
+        manage = self.cfg.manages_forwarding
+
+        def job() -> bool:
+            # /proc/sys/net is the namespace of the thread that opens it: this one lives in the gateway's.
+            with open(IP_FORWARD) as f:
+                if f.read().strip() != "0":
+                    return True
+            if not manage:
+                return False
+            with open(IP_FORWARD, "w") as f:
+                f.write("1")
+            log.info("event=forwarding_enabled gateway=%s netns=%s", self.cfg.name, self.cfg.netns or "(host)")
+            return True
+
+        try:
+            forwarding = self.worker.run(job)
+        except (NamespaceError, OSError) as exc:
+            self.set_problem("forwarding", f"cannot read or turn on net.ipv4.ip_forward: {exc}",
+                             self._forwarding_fix())
+            FORWARDING.labels(self.cfg.name).set(0)
+            return
+        FORWARDING.labels(self.cfg.name).set(1 if forwarding else 0)
+        if forwarding:
+            self.set_problem("forwarding", None)
+        else:
+            where = f"namespace {self.cfg.netns!r}" if self.cfg.netns else "the host's namespace"
+            self.set_problem("forwarding", f"net.ipv4.ip_forward is 0 in {where}: forwards are in place but no "
+                             "packet is forwarded", self._forwarding_fix())
+
+    def _forwarding_fix(self) -> str:
+        run = f"ip netns exec {self.cfg.netns} " if self.cfg.netns else ""
+        return (f"{run}sysctl -w net.ipv4.ip_forward=1 (or set enable_forwarding = true in gateway "
+                f"{self.cfg.name!r}'s config)")
+
     def health(self) -> GatewayHealth:
+        problems = self.problems()
         if self.worker is None:
             status = "off"
         elif self.last_error and self.needs_full:
             status = "error"
         elif self.last_full_sync_at is None:
             status = "pending"
+        elif any(p.check == "forwarding" for p in problems):
+            status = "not_forwarding"
+        elif problems:
+            status = "degraded"
         else:
             status = "ok"
-        return GatewayHealth(status, self.last_error, self.last_full_sync_at, self.forwards_in_kernel)
+        return GatewayHealth(status, self.last_error, self.last_full_sync_at, self.forwards_in_kernel, problems)
 
     def close(self) -> None:
         if self.worker is not None:
@@ -419,7 +507,8 @@ class Dataplane:
                     if gw.last_error != previous:
                         log.exception("event=sync_failed gateway=%s", gw.cfg.name)
                     return False
-            return True
+        gw.check_forwarding()
+        return True
 
     def reconcile_once(self) -> bool:
         return all([self.reconcile_gateway(gw) for gw in self.gateways.values()])

@@ -63,16 +63,20 @@ def parse_event(line: str) -> ConntrackNew | None:
 
 
 ForwardLookup = Callable[[int], "dict | None"]
+# Called with a message while the watcher cannot run (shown as a gateway problem), and with None once it runs.
+ProblemReport = Callable[["str | None"], None]
 
 
 class ConnectionWatcher:
     """Publishes a connection event for each new connection through a forward of one gateway."""
 
-    def __init__(self, gateway: str, netns_name: str, bus: EventBus, lookup: ForwardLookup) -> None:
+    def __init__(self, gateway: str, netns_name: str, bus: EventBus, lookup: ForwardLookup,
+                 report: ProblemReport | None = None) -> None:
         self.gateway = gateway
         self.netns = netns_name
         self.bus = bus
         self.lookup = lookup
+        self.report = report or (lambda _message: None)
         self._stop = threading.Event()
         self._proc: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
@@ -100,40 +104,50 @@ class ConnectionWatcher:
             protocol=ct.protocol, src_ip=ct.src_ip, src_port=ct.src_port, external_port=ct.dst_port,
             target_ip=ct.target_ip, target_port=ct.target_port))
 
+    def _fail(self, message: str) -> None:
+        if message != self.last_error:
+            log.error("event=connection_watch_failed gateway=%s error=%r", self.gateway, message)
+        self.last_error = message
+        self.report(f"connection events are not collected: {message}")
+
     def _run(self) -> None:
-        try:
-            netns.enter(self.netns)  # this thread, and the conntrack child it starts, live in the gateway namespace
-        except netns.NamespaceError as exc:
-            self.last_error = str(exc)
         delay = 1.0
         while not self._stop.is_set():
-            if netns.netns_inode(self.netns) is None:
-                self._stop.wait(delay)
-                continue
             try:
-                netns.enter(self.netns)  # re-enter: the namespace may have been re-created
-                self._proc = subprocess.Popen(self._command(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                # This thread, and the conntrack child it starts, live in the gateway namespace; entered again
+                # on every start, since the namespace may have been re-created.
+                netns.enter(self.netns)
+                self._proc = subprocess.Popen(self._command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                               text=True, bufsize=1)
             except (OSError, netns.NamespaceError) as exc:
-                self.last_error = f"conntrack events: {exc}"
-                log.error("event=connection_watch_failed gateway=%s error=%r", self.gateway, self.last_error)
+                self._fail(str(exc))
                 self._stop.wait(delay)
                 delay = min(delay * 2, 30)
                 continue
             started = time.monotonic()
-            threading.Timer(0.3, self.ready.set).start()
-            assert self._proc.stdout is not None
+            threading.Timer(0.3, self._running).start()
+            assert self._proc.stdout is not None and self._proc.stderr is not None
             for line in self._proc.stdout:
                 try:
                     self.handle(line)
                 except Exception:  # noqa: BLE001 - one odd line must not stop the watcher
                     log.exception("event=connection_line_failed gateway=%s", self.gateway)
-            self._proc.wait()
+            error = self._proc.stderr.read().strip().splitlines()
+            code = self._proc.wait()
+            if self._stop.is_set():
+                break
+            self._fail(f"conntrack -E exited with status {code}" + (f": {error[-1]}" if error else ""))
             if time.monotonic() - started > 30:
                 delay = 1.0
-            if not self._stop.is_set():
-                self._stop.wait(delay)
-                delay = min(delay * 2, 30)
+            self._stop.wait(delay)
+            delay = min(delay * 2, 30)
+
+    def _running(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None and not self._stop.is_set():
+            self.last_error = None
+            self.report(None)
+            self.ready.set()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"conntrack-{self.gateway}", daemon=True)
