@@ -4,7 +4,15 @@ import ipaddress
 
 import pytest
 
-from labgate.dataplane.render import ForwardRule, GatewayShape, render_changes, render_gateway_table
+from labgate.dataplane.render import (
+    ForwardRule,
+    GatewayShape,
+    merged_ranges,
+    render_changes,
+    render_gateway_table,
+    render_usage_ensure,
+    render_usage_table,
+)
 
 EXT = ipaddress.IPv4Address("198.51.100.1")
 T1 = ipaddress.IPv4Address("10.9.0.5")
@@ -47,9 +55,56 @@ def test_masquerade_rule_present_only_when_asked():
     assert "{ 4000-4100, 5000 }" in render_gateway_table(shape(True), [])
 
 
+def test_masquerade_rule_reads_the_port_ranges_from_a_named_set():
+    """nft 1.0.6 lists a constant or anonymous set compared with `ct original proto-dst` as "0xfa0 [invalid type]",
+    which `nft -f` cannot read back; a named set of type inet_service lists by name (tests/kernel/
+    test_saved_ruleset.py reloads the listing in a real namespace)."""
+    lines = [line.strip() for line in render_gateway_table(shape(True), [rule()]).splitlines()]
+    assert "set port_ranges { type inet_service; flags interval; elements = { 4000-4100, 5000 } }" in lines
+    masq = [line for line in lines if "masquerade" in line]
+    assert masq == ["ct status dnat ct original ip daddr 198.51.100.1 meta l4proto { tcp, udp } "
+                    "ct original proto-dst @port_ranges masquerade"]
+    # The ranges are nowhere else: no anonymous set or constant is ever compared with ct original proto-dst.
+    for text in (render_gateway_table(shape(True), [rule()]), render_gateway_table(shape(False), [rule()])):
+        for line in text.splitlines():
+            if "proto-dst" in line:
+                assert line.split("proto-dst", 1)[1].split()[0] == "@port_ranges", line
+
+
+def test_port_ranges_are_sorted_and_merged_for_the_named_interval_set():
+    # a named interval set refuses overlapping elements ("conflicting intervals"); adjacent ones are one interval
+    assert merged_ranges([(5000, 5010), (4000, 4050), (4051, 4100), (4090, 4095), (6000, 6000)]) == [
+        (4000, 4100), (5000, 5010), (6000, 6000)]
+    assert merged_ranges([(4000, 4100), (4100, 4100)]) == [(4000, 4100)]
+    assert merged_ranges([(1, 65535), (4000, 4100)]) == [(1, 65535)]
+    assert merged_ranges([]) == []
+    wide = GatewayShape("labgate_gw", EXT, ((5000, 5010), (4000, 4050), (4051, 4100)), True)
+    assert "set port_ranges { type inet_service; flags interval; elements = { 4000-4100, 5000-5010 } }" in \
+        render_gateway_table(wide, [])
+
+
+def test_no_rule_compares_a_ct_expression_with_a_literal_nft_cannot_type():
+    """Every rule of both tables must list in a form `nft -f` reads back: the only ct expressions compared with
+    literals are those nft 1.0.6 names the type of (status, direction, state, original ip daddr)."""
+    texts = [render_gateway_table(shape(m), [rule(1), rule(2, 4001, 3, "udp", ["203.0.113.0/24"])])
+             for m in (True, False)]
+    texts += [render_usage_table(shape(), [1, 2]), render_usage_ensure(shape(), [1, 2])]
+    typed = {"status", "direction", "state", "mark"}
+    for text in texts:
+        for line in text.splitlines():
+            words = line.split()
+            for i, word in enumerate(words[:-1]):
+                if word == "ct" and words[i + 1] not in typed:
+                    assert words[i + 1:i + 4] == ["original", "ip", "daddr"] or \
+                        words[i + 1:i + 4] == ["original", "proto-dst", "@port_ranges"], line
+
+
 def test_empty_table_has_no_elements_clause():
     text = render_gateway_table(shape(), [])
-    assert "elements" not in text
+    for line in text.splitlines():
+        if line.strip().startswith(("map ids", "map targets", "set restricted", "set sources")):
+            assert "elements" not in line, line
+    assert "elements" not in render_gateway_table(GatewayShape("labgate_gw", EXT, (), True), [])
 
 
 def test_changes_delete_before_add_in_one_batch():

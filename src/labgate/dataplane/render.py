@@ -7,6 +7,11 @@ element operations in one atomic batch.
   ids       (external address . protocol . external port) -> forward id, stored in the connection mark
   targets   (external address . protocol . external port) -> (target address . target port), used by dnat
   restricted / sources   forwards with allowed_sources, checked in a filter chain on the forward hook
+  port_ranges   the gateway's external port ranges (static), which the masquerade rule matches
+
+Every rule must list (`nft list ruleset`) in a form `nft -f` reads back: operators save the listing and load it at
+boot. nft 1.0.6 cannot name the type of `ct original proto-dst`, so a constant or an anonymous set compared with it
+lists as "0xfa0 [invalid type]", which does not parse; a named set of type inet_service lists by name and reloads.
 
 A block of N ports (port_count) is N elements in each map, so port p of the block goes to target_port + (p - start).
 Every value written here comes from a `ForwardRule`, whose constructor only accepts parsed addresses and integers:
@@ -108,6 +113,18 @@ def _elements(items: list[str]) -> str:
     return "elements = { " + ", ".join(items) + " }" if items else ""
 
 
+def merged_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Port ranges sorted, with overlapping and adjacent ones joined: a named interval set refuses overlapping
+    elements (an anonymous one merged them silently), and merged elements list exactly as they were written."""
+    out: list[tuple[int, int]] = []
+    for low, high in sorted(ranges):
+        if out and low <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], high))
+        else:
+            out.append((low, high))
+    return out
+
+
 def render_gateway_table(shape: GatewayShape, rules: Iterable[ForwardRule]) -> str:
     """The whole table as one batch that atomically replaces any previous version of it (and only it)."""
     ids: list[str] = []
@@ -123,10 +140,13 @@ def render_gateway_table(shape: GatewayShape, rules: Iterable[ForwardRule]) -> s
             sources.extend(rule.source_elements())
     t = shape.table
     ext = shape.external_address
-    ranges = ", ".join(f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in shape.port_ranges)
+    ranges = [f"{lo}-{hi}" if lo != hi else str(lo) for lo, hi in merged_ranges(shape.port_ranges)]
+    # Masquerade exactly the connections DNATed to this gateway's external address and port ranges (matched on the
+    # original tuple, not on a mark: other systems' DNAT is never masqueraded even where marks are shared). The
+    # ranges live in the named set @port_ranges so that the rule lists in a reloadable form (see the module doc).
     masq = (
         f"    ct status dnat ct original ip daddr {ext} meta l4proto {{ tcp, udp }} "
-        f"ct original proto-dst {{ {ranges} }} masquerade\n"
+        f"ct original proto-dst @port_ranges masquerade\n"
         if shape.masquerade
         else ""
     )
@@ -139,6 +159,7 @@ def render_gateway_table(shape: GatewayShape, rules: Iterable[ForwardRule]) -> s
         f"  map targets {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; {_elements(targets)} }}\n"
         f"  set restricted {{ type mark; {_elements(restricted)} }}\n"
         f"  set sources {{ type mark . ipv4_addr; flags interval; {_elements(sources)} }}\n"
+        f"  set port_ranges {{ type inet_service; flags interval; {_elements(ranges)} }}\n"
         f"  chain prerouting {{\n"
         f"    type nat hook prerouting priority dstnat - 10; policy accept;\n"
         f"    meta l4proto {{ tcp, udp }} ct mark set ip daddr . meta l4proto . th dport map @ids "
