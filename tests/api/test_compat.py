@@ -1,7 +1,7 @@
-"""The vLab compatibility API (/api/1/ipam/*): requests shaped exactly as vlab-cli 2021.3.2 sends them (requests
-with `params=` for GET, `json=` for POST/DELETE, the token in X-Auth, its User-Agent and X-REQUEST-ID), against a
-real server over real HTTP on a real SQLite file. Tokens are minted here with PyJWT, with the claims the vLab auth
-service put in its v2 tokens, and keys this test writes."""
+"""The vLab compatibility API (/api/1/ipam/*, /api/1/quota): requests shaped exactly as vlab-cli 2021.3.2 sends
+them (requests with `params=` for GET, `json=` for POST/DELETE, the token in X-Auth, its User-Agent and
+X-REQUEST-ID), against a real server over real HTTP on a real SQLite file. Tokens are minted here with PyJWT, with
+the claims the vLab auth service put in its v2 tokens, and keys this test writes."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from tests.harness import Server, running_server
 PORTMAP = "/api/1/ipam/portmap"
 ADDR = "/api/1/ipam/addr"
 HEALTH = "/api/1/ipam/healthcheck"
+QUOTA = "/api/1/quota"
 ISSUER = "https://vlab.example.test"
 GATEWAY_IP = "198.51.100.1"
 CLI_AGENT = "vLab CLI 2021.3.2"
@@ -60,7 +61,9 @@ def rsa_pair() -> tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]:
 def keys(tmp_path: Path, rsa_pair: tuple[rsa.RSAPrivateKey, rsa.RSAPrivateKey]) -> Keys:
     secret = secrets.token_urlsafe(48).encode()
     hs_file = tmp_path / "vlab-hs256.key"
-    hs_file.write_bytes(secret + b"\n")  # as `openssl rand -base64 48 > file` would: the newline is not the secret
+    # The secret without a trailing newline: whether a newline in the file is part of the key is settled (and
+    # tested) in test_compat_setup.py with vLab's own way of writing the file; these tests are about the API.
+    hs_file.write_bytes(secret)
     hs_file.chmod(0o600)
     private, other = rsa_pair
     public_pem = private.public_key().public_bytes(serialization.Encoding.PEM,
@@ -241,7 +244,8 @@ def test_not_configured_means_not_served_with_any_token(api: Api) -> None:
     for headers in ({}, {"X-Auth": forged}):
         for method, path, body in (("GET", PORTMAP, None), ("POST", PORTMAP, {
                 "target_addr": "10.9.0.5", "target_port": 22, "target_name": "c1", "target_component": "CentOS"}),
-                ("DELETE", PORTMAP, {"conn_port": 4000}), ("GET", ADDR, None), ("GET", HEALTH, None)):
+                ("DELETE", PORTMAP, {"conn_port": 4000}), ("GET", ADDR, None), ("GET", HEALTH, None),
+                ("GET", QUOTA, None)):
             resp = api.anon.request(method, path, json=body, headers=headers)
             assert resp.status_code == 404, (method, path, resp.text)
             assert "10.9.0.5" not in resp.text
@@ -453,6 +457,56 @@ def test_addr_lookup(vlab: Vlab) -> None:
     failed(cli.get(ADDR, params={"addr": "10.9.0.5; rm -rf /"}), 400, "IPv4")
 
 
+def status_quota_lines(quota: dict[str, Any], vm_count: int) -> list[str]:
+    """What `vlab status` (vlab_cli/subcommands/status.py, 2021.3.2) prints from the quota answer, with the same
+    operations on the values: "soft-limit" printed as the VM quota and compared with the number of VMs (a warning
+    when above it); "exceeded_on", when truthy, printed as a local time, and exceeded_on + "grace_period" printed as
+    the date of automatic VM deletion. A value of a type the CLI cannot use fails here as it would there."""
+    lines = [f"VM Quota: {quota['soft-limit']}", f"VM Count: {vm_count}"]
+    if vm_count > quota["soft-limit"]:
+        lines.append("!!!WARNING!!! Currently exceeding VM quota limit!")
+    if quota["exceeded_on"]:
+        deletion = quota["exceeded_on"] + quota["grace_period"]
+        lines.append("Quota Exceeded on: " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(quota["exceeded_on"])))
+        lines.append("Automatic VM deletion will occur on: " + time.strftime("%Y-%m-%d %H:%M:%S",
+                                                                             time.localtime(deletion)))
+    return lines
+
+
+def test_vlab_status_flow_ends_with_a_quota_that_is_never_exceeded(vlab: Vlab) -> None:
+    """`vlab status`: GET ipam/addr?name=<vm> per machine (auto_check=False), then GET /api/1/quota with no
+    parameters, reading content["soft-limit"], ["exceeded_on"] and ["grace_period"]. vLab's quota service answered
+    in the envelope with exceeded_on/last_notified epoch seconds (0 = none), grace_period seconds and soft-limit a
+    VM count; labgate enforces no quota, so: a limit no VM count reaches, never exceeded, nothing to delete."""
+    cli = vlab.cli("alice")
+    map_port(cli, "10.9.0.5", 22, "c1", "CentOS")
+    map_port(cli, "10.9.0.7", 3389, "win1", "Windows")
+    vms = ["c1", "win1"]
+    for vm in vms:
+        resp = cli.get(ADDR, params={"name": vm})
+        assert resp.json()["error"] is None
+        assert resp.json()["content"][vm]["routable"] is None  # printed as "Connectable"
+
+    resp = cli.get(QUOTA)
+    assert resp.status_code == 200  # vlab-cli checks the status (auto_check) before reading the body
+    quota = ok(resp)
+    assert quota == {"exceeded_on": 0, "last_notified": 0, "grace_period": 0, "soft-limit": 2**31 - 1}
+    for key, value in quota.items():
+        assert type(value) is int, (key, value)  # not a bool, a float or a string: the CLI does arithmetic
+    assert status_quota_lines(quota, len(vms)) == ["VM Quota: 2147483647", "VM Count: 2"]
+    assert status_quota_lines(quota, 100_000) == ["VM Quota: 2147483647", "VM Count: 100000"]
+
+    # The same for every user (labgate keeps no per-user quota), and unknown parameters are echoed, not used.
+    assert ok(vlab.cli("bob").get(QUOTA)) == quota
+    assert ok(cli.get(QUOTA, params={"describe": "true"}), {"describe": "true"}) == quota
+
+
+def test_quota_is_authenticated_like_the_rest(vlab: Vlab) -> None:
+    failed(vlab.raw().get(QUOTA), 401, "No auth token sent")
+    failed(vlab.cli("alice", vlab.token("alice", exp_in=-120)).get(QUOTA), 401, "No Valid Session Found")
+    failed(vlab.cli("alice", vlab_test_key_token("alice")).get(QUOTA), 401, "Invalid auth token")
+
+
 def test_healthcheck_is_minimal_and_leaks_nothing(vlab: Vlab) -> None:
     cli = vlab.cli("alice")
     map_port(cli, "10.9.0.5", 22, "secret-machine", "CentOS")
@@ -465,7 +519,7 @@ def test_healthcheck_is_minimal_and_leaks_nothing(vlab: Vlab) -> None:
 def test_openapi_lists_the_compat_paths_when_enabled(vlab: Vlab) -> None:
     paths = vlab.raw().get("/openapi.json").json()["paths"]
     assert {"get", "post", "delete"} <= set(paths[PORTMAP])
-    assert "get" in paths[ADDR] and "get" in paths[HEALTH]
+    assert "get" in paths[ADDR] and "get" in paths[HEALTH] and "get" in paths[QUOTA]
 
 
 # --- authentication ---------------------------------------------------------------------------------------------
@@ -517,6 +571,7 @@ def test_bad_tokens_are_401_in_the_envelope_and_change_nothing(vlab: Vlab) -> No
                                          "target_component": "CentOS"}),
                 ("DELETE", PORTMAP, None, {"conn_port": 4000}),
                 ("GET", ADDR, {"name": "c1"}, None),
+                ("GET", QUOTA, None, None),
                 ("POST", PORTMAP, None, {"bad": "body"})):  # auth comes before input checks, as the original
             resp = c.request(method, path, params=params, json=body, headers=headers)
             err = failed(resp, 401)

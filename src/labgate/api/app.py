@@ -68,7 +68,7 @@ def create_app(lg: Labgate, *, manage_lifecycle: bool = True) -> FastAPI:
     app.state.labgate = lg
     for r in (health.router, forwards.router, machines.router, gateways.router, events.router, ddns.router):
         app.include_router(r)
-    compat.mount(app, lg)  # the vLab /api/1/ipam/* API, only when [compat] vlab_enabled = true
+    compat.mount(app, lg)  # the vLab /api/1/ipam/* and /api/1/quota API, only when [compat] vlab_enabled = true
 
     @app.exception_handler(LabgateError)
     async def _labgate_error(_req: Request, exc: LabgateError) -> JSONResponse:

@@ -1,6 +1,7 @@
 """The vLab compatibility layer's domain part: verify vLab JWTs, and translate the vlab_ipam_api calls (port maps
 and address lookups) into labgate forwards through ForwardService, so ownership, validation, port allocation and
-the kernel path are exactly those of /api/v1.
+the kernel path are exactly those of /api/v1. Also the answer to vLab's quota call (`no_quota`): labgate enforces
+no VM quota.
 
 The translation:  conn_port = external_port, target_addr = target_address, target_name = name,
 target_component = kind, routable = reachability (see `routable`: from the health checks, None until they decide).
@@ -122,6 +123,21 @@ def routable(address_states: list[str]) -> bool | None:
     if not address_states or "unknown" in address_states and "down" not in address_states:
         return None
     return "down" not in address_states
+
+
+# --- quota ------------------------------------------------------------------------------------------------------
+# `vlab status` (vlab-cli 2021.3.2, vlab_cli/subcommands/status.py) asks GET /api/1/quota of vLab's quota service
+# (vlab_quota) and reads four keys of "content": "soft-limit" (the VM count limit: printed as "VM Quota", and a
+# warning is printed when the user has more VMs than that), "exceeded_on" (epoch seconds of the violation, 0 for
+# none: when non-zero the CLI prints it and exceeded_on + "grace_period" as the date of automatic VM deletion) and
+# "last_notified" (epoch seconds of the last warning mail, 0 for never). labgate counts no VMs and deletes nothing.
+NO_LIMIT = 2**31 - 1  # the largest value a 32-bit signed integer holds: no count of VMs ever exceeds it
+
+
+def no_quota() -> dict[str, int]:
+    """The quota answer meaning "no quota enforced, never exceeded, nothing scheduled for deletion", in the types
+    the original used (integers: vlab-cli compares soft-limit with a count and adds grace_period to exceeded_on)."""
+    return {"exceeded_on": 0, "last_notified": 0, "grace_period": 0, "soft-limit": NO_LIMIT}
 
 
 # --- the vLab view ----------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
-"""/api/1/ipam/*: the vLab (vlab_ipam_api 2019.7.x) compatibility API, so vlab-cli and vLab automation work
-against labgate unchanged. Mounted only when [compat] vlab_enabled = true (see docs/compat.md); otherwise these
-paths do not exist (404) and nothing here runs.
+"""/api/1/ipam/* and /api/1/quota: the vLab (vlab_ipam_api 2019.7.x, and vlab_quota's one call) compatibility API,
+so vlab-cli and vLab automation work against labgate unchanged. Mounted only when [compat] vlab_enabled = true (see
+docs/compat.md); otherwise these paths do not exist (404) and nothing here runs.
 
 Every answer but the health check is the original envelope {"error": str|null, "content": {...}, "params":
 {query args}}, with the original's status codes (200 for every success, 400 bad input, 401 bad token, 404 no such
@@ -19,7 +19,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from labgate.core.compat import PortmapQuery, TokenVerifier, VlabError, VlabService, from_labgate
+from labgate.core.compat import PortmapQuery, TokenVerifier, VlabError, VlabService, from_labgate, no_quota
 from labgate.core.errors import LabgateError
 from labgate.core.service import Labgate
 from labgate.core.tokens import Principal
@@ -29,6 +29,7 @@ log = logging.getLogger("labgate.api.compat")
 PORTMAP = "/api/1/ipam/portmap"
 ADDR = "/api/1/ipam/addr"
 HEALTH = "/api/1/ipam/healthcheck"
+QUOTA = "/api/1/quota"
 TAG = "vlab-compat"
 PORT_TEXT = re.compile(r"\d{1,5}")
 # Longest values a stored forward can hold (as /api/v1's schema); longer input is refused before any parsing.
@@ -178,6 +179,16 @@ def build_router(lg: Labgate) -> APIRouter:
     @router.get(ADDR, summary="vLab: addresses of your machines (at most one of name, addr, component)")
     async def get_addr(request: Request) -> JSONResponse:
         return await serve(request, _addr)
+
+    # --- GET /api/1/quota ------------------------------------------------------------------------------------
+    async def _quota(_request: Request, _who: Principal, _args: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        return 200, no_quota()
+
+    @router.get(QUOTA, summary="vLab: VM quota for `vlab status`; labgate enforces none (soft-limit 2147483647, "
+                               "never exceeded)")
+    async def get_quota(request: Request) -> JSONResponse:
+        # Authenticated like every other vLab call (the original required a token too): 401 in the envelope.
+        return await serve(request, _quota)
 
     # --- GET /api/1/ipam/healthcheck ---------------------------------------------------------------------------
     @router.get(HEALTH, summary="vLab: liveness only (no authentication, no data)")
