@@ -1,12 +1,11 @@
 """Background services of a labgate process; so far the event layer: events, the bus and the sinks it feeds."""
 
+from labgate.events import Event, describe
 from labgate.workers.events import (
     DeliveryError,
     DeliveryPolicy,
-    Event,
     EventBus,
     SinkStats,
-    describe,
 )
 from labgate.workers.sinks import (
     FileSinkConfig,

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from labgate.dataplane import netns
-from labgate.workers.events import Event, EventBus
+from labgate.events import Event
+from labgate.workers.events import EventBus
 
 log = logging.getLogger("labgate.connections")
 

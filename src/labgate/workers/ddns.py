@@ -43,7 +43,7 @@ from sqlalchemy import func, select
 from labgate.config import DdnsConfig, GatewayConfig, Settings
 from labgate.dataplane.netns import NamespaceError, NamespaceWorker
 from labgate.db.models import Forward
-from labgate.workers.events import Event
+from labgate.events import Event
 
 if TYPE_CHECKING:
     from labgate.dataplane.reconcile import Dataplane

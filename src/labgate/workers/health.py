@@ -18,7 +18,8 @@ from labgate.config import Settings
 from labgate.dataplane.netns import NamespaceError
 from labgate.db.models import AddressHealth, Forward, ForwardState
 from labgate.db.session import Database
-from labgate.workers.events import Event, EventBus
+from labgate.events import Event
+from labgate.workers.events import EventBus
 from labgate.workers.probe import NamespaceProbe, probe_in_namespace
 
 log = logging.getLogger("labgate.health")

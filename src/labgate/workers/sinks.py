@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from labgate import __version__
 from labgate.inline_secrets import refuse_inline_secrets
-from labgate.workers.events import KIND_RE, DeliveryError, DeliveryPolicy, Event
+from labgate.events import KIND_RE, Event
+from labgate.workers.events import DeliveryError, DeliveryPolicy
 from labgate.workers.syslog import FACILITIES, SD_ID, SD_NAME_RE, SEVERITIES, SyslogFormat, frame
 
 SINK_NAME_RE = r"^[a-z][a-z0-9_-]{0,31}$"

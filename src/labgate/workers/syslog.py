@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from labgate.workers.events import Event
+    from labgate.events import Event
 
 # RFC 5612 reserves enterprise number 32473 for documentation; a site with its own PEN can configure it.
 SD_ID = "labgate@32473"
@@ -95,7 +95,7 @@ class SyslogFormat:
             raise ValueError("facility must be 0-23 and severity 0-7")
 
     def message(self, event: "Event") -> bytes:
-        from labgate.workers.events import describe
+        from labgate.events import describe
 
         header = "<%d>1 %s %s %s %s %s" % (
             self.facility * 8 + self.severity,
