@@ -157,3 +157,37 @@ def test_broken_config_file_is_reported(cli: Cli) -> None:
     cli.config.parent.mkdir(parents=True)
     cli.config.write_text("current = [unterminated\n")
     assert_cli_error(cli("forward", "ls"), 2, "not valid TOML", hint=str(cli.config))
+
+
+# --- URLs without a scheme (issue 9: `--url 127.0.0.1:3000` ended as "server unreachable") ------------------------
+def test_login_host_port_without_scheme_assumes_http_and_says_so(cli: Cli, lab: Lab) -> None:
+    host_port = lab.url.removeprefix("http://")
+    res = cli("login", "--url", host_port, "--token", "-", input=lab.tokens["alice"] + "\n").ok()
+    note = res.stderr.splitlines()
+    assert len(note) == 1 and note[0].startswith("note: ") and f"using {lab.url}" in note[0], res
+    assert read_config(cli)["contexts"]["default"]["url"] == lab.url
+    assert lab.url in res.stdout
+    assert cli("gateway", "ls", "-o", "json").json()[0]["name"] == "default"
+
+
+def test_login_malformed_url_is_a_usage_error(cli: Cli, lab: Lab) -> None:
+    port = lab.url.rsplit(":", 1)[1]
+    bad = [f"127.0.0.1:{port} extra", "gw.example.net", f"ftp://127.0.0.1:{port}", "http://", "http://127.0.0.1:99999",
+           f"http:/127.0.0.1:{port}", "127.0.0.1:http", f"http://127.0.0.1:{port}/?x=1", ""]
+    results = cli.parallel(*[("login", "--url", url, "--token", "lg_x", "--no-verify") for url in bad])
+    for url, res in zip(bad, results):
+        message, _ = assert_cli_error(res, 2, "--url")
+        assert "unreachable" not in message and "cannot reach" not in message, (url, message)
+        assert "http://" in res.stderr, (url, res.stderr)
+    assert not cli.config.exists()
+
+
+def test_env_url_without_scheme_assumes_http(cli: Cli, lab: Lab) -> None:
+    lab.create(name="vm1")
+    host_port = lab.url.removeprefix("http://")
+    res = cli("forward", "ls", "-o", "json", LABGATE_URL=host_port + "/", LABGATE_TOKEN=lab.tokens["alice"])
+    assert [f["name"] for f in res.json()] == ["vm1"]  # stdout stays plain JSON
+    assert res.stderr.startswith("note: LABGATE_URL") and f"using {lab.url}" in res.stderr, res.stderr
+    message, hint = assert_cli_error(cli("forward", "ls", LABGATE_URL="gw.example.net", LABGATE_TOKEN="lg_x"), 2,
+                                     "LABGATE_URL", "http:// or https://")
+    assert "https://" in hint

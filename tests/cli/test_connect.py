@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.conftest import EXTERNAL, PYTHON_DIR, Cli, Lab, Standins, assert_cli_error
+from tests.cli.conftest import EXTERNAL, PYTHON_DIR, Cli, Lab, Standins, assert_cli_error, gw, lab_for
 
 
 @dataclass
@@ -223,4 +223,73 @@ def test_there_is_no_password_option(conn: Cli, standins: Standins) -> None:
     assert "--user" in help_text and "password" not in help_text.lower()
     res = conn("connect", "vm1", "--password", "hunter2")
     assert res.returncode == 2 and res.stdout == ""
+    assert nothing_launched(standins, wait=0)
+
+
+# --- several matching forwards (issue 9: `connect` silently picked one) --------------------------------------------
+def note_lines(res) -> list[str]:
+    return [line for line in res.stderr.splitlines() if line.startswith("note: ")]
+
+
+def test_several_forwards_to_the_same_machine_says_which_and_how_to_choose(logged_in: Cli, lab: Lab,
+                                                                         standins: Standins) -> None:
+    first = lab.create(name="dup", target_port=22)
+    second = lab.create(name="dup", target_port=22)  # same machine and port, another external port
+    res = logged_in("connect", "dup", "-u", "u1")
+    assert res.returncode == 0, res
+    assert standins.calls() == [["ssh", "-p", str(first["external_port"]), f"u1@{EXTERNAL}"]]
+    (note,) = note_lines(res)
+    assert f"using #{first['id']} on gateway default port {first['external_port']}" in note, note
+    assert f"#{second['id']} on gateway default port {second['external_port']}" in note, note
+    assert "--id" in note, note
+    # --id chooses the other one, silently.
+    res = logged_in("connect", "dup", "-u", "u1", "--id", str(second["id"]))
+    assert res.returncode == 0 and note_lines(res) == [], res
+    assert standins.calls()[-1] == ["ssh", "-p", str(second["external_port"]), f"u1@{EXTERNAL}"]
+    # --print keeps stdout to the command alone; the note is on stderr.
+    res = logged_in("connect", "dup", "--print")
+    assert res.ok().stdout == f"ssh -p {first['external_port']} {EXTERNAL}\n" and len(note_lines(res)) == 1
+
+
+def test_a_restricted_forward_is_not_preferred(logged_in: Cli, lab: Lab, standins: Standins) -> None:
+    restricted = lab.create(name="dup", target_port=22, allowed_sources=["192.0.2.0/24"])
+    open_one = lab.create(name="dup", target_port=22)
+    res = logged_in("connect", "dup", "--print").ok()
+    assert res.stdout == f"ssh -p {open_one['external_port']} {EXTERNAL}\n"
+    (note,) = note_lines(res)
+    assert f"using #{open_one['id']}" in note and f"#{restricted['id']}" in note and "only from 192.0.2.0/24" in note
+
+
+def test_several_gateways_suggest_gateway_too(cli: Cli, tmp_path: Path, standins: Standins) -> None:
+    gateways = [gw("default"), gw("lab2", port_range=["5000-5010"], external_address="198.51.100.2")]
+    with lab_for(f"sqlite:///{tmp_path}/two.db", gateways) as two:
+        cli.configure(two.url, two.tokens["alice"])
+        a = two.create(name="vm", target_port=22, gateway="default")
+        b = two.create(name="vm", target_port=22, gateway="lab2")
+        res = cli("connect", "vm", "--print").ok()
+        assert res.stdout == f"ssh -p {a['external_port']} {EXTERNAL}\n"
+        (note,) = note_lines(res)
+        assert f"#{b['id']} on gateway lab2 port 5000" in note and "--id N or --gateway G" in note, note
+        res = cli("connect", "vm", "--print", "--gateway", "lab2").ok()
+        assert res.stdout == "ssh -p 5000 198.51.100.2\n" and note_lines(res) == []
+
+
+def test_same_name_different_machines_is_refused_with_the_list(logged_in: Cli, lab: Lab, standins: Standins) -> None:
+    a = lab.create(name="twin", target_address="10.9.0.5", target_port=22)
+    b = lab.create(name="twin", target_address="10.9.0.6", target_port=22)
+    message, hint = assert_cli_error(logged_in("connect", "twin"), 2, "different machines")
+    assert f"#{a['id']} on gateway default port {a['external_port']} -> 10.9.0.5:22" in message
+    assert f"#{b['id']} on gateway default port {b['external_port']} -> 10.9.0.6:22" in message
+    assert f"--id {a['id']}" in hint
+    assert nothing_launched(standins, wait=0)
+    res = logged_in("connect", "twin", "--id", str(b["id"]), "-u", "u1")
+    assert res.returncode == 0, res
+    assert standins.calls() == [["ssh", "-p", str(b["external_port"]), f"u1@{EXTERNAL}"]]
+
+
+def test_id_that_does_not_match_exits_3(logged_in: Cli, lab: Lab, standins: Standins) -> None:
+    ssh = lab.create(name="vm9", target_port=22)
+    other = lab.create(name="vm9", target_port=3389)
+    assert_cli_error(logged_in("connect", "vm9", "--id", str(other["id"])), 3, f"forward {other['id']}",
+                     f"#{ssh['id']}", hint="forward ls")
     assert nothing_launched(standins, wait=0)

@@ -324,3 +324,8 @@ def test_every_error_is_a_labgate_error() -> None:
     for cls in (ConfigError, Conflict, ConnectionFailed, NotFound, PortTaken, RangeExhausted, Unauthorized,
                 ValidationFailed):
         assert issubclass(cls, LabgateError)
+
+
+def test_a_url_without_scheme_is_a_config_error_not_an_unreachable_server() -> None:
+    with pytest.raises(ConfigError, match="must start with http:// or https://"):
+        Client("127.0.0.1:3000", "lg_x")

@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress
 
 from labgate.cli import context as ctxmod
-from rich.markup import escape
-
-from labgate.cli.output import Format, console, emit_json, err_console, fail, table
+from labgate.cli.output import Col, Format, console, emit_json, err_console, fail, table
 from labgate.client import Client, Forward, LabgateError, ValidationFailed
 
 ContextOpt = Annotated[Optional[str], typer.Option("--context", help="named context from the client config")]
@@ -45,8 +44,10 @@ def client_for(context: str | None) -> tuple[Client, ctxmod.Context]:
     return Client(ctx.url, ctx.token), ctx
 
 
-FORWARD_COLUMNS = ("id", "name", "kind", "proto", "external", "target", "status", "health", "used", "owner",
-                   "description")
+# On a narrow terminal the columns with a `drop` rank go first (highest first), then long cells are cut.
+FORWARD_COLUMNS = (Col("id", cut=False), Col("name"), Col("kind", drop=4), Col("proto", cut=False),
+                   Col("external", cut=False), Col("target", cut=False), Col("status", drop=3), Col("health", drop=5),
+                   Col("used", drop=8), Col("owner", drop=6), Col("description", drop=7))
 
 
 def forward_row(f: Forward) -> tuple:
@@ -65,6 +66,16 @@ def show_forward(fwd: Forward, output: Format) -> None:
         emit_json(fwd)
     else:
         table(FORWARD_COLUMNS, [forward_row(fwd)])
+
+
+def _fields(prefix: str, value: Any) -> list[tuple[str, Any]]:
+    """(field, value) rows of `forward show`: nested dicts become dotted fields, lists one row per item."""
+    if isinstance(value, dict):
+        rows = [row for k, v in value.items() for row in _fields(f"{prefix}.{k}", v)]
+        return rows or [(prefix, "")]
+    if isinstance(value, (list, tuple)):
+        return [(prefix if i == 0 else "", item) for i, item in enumerate(value)] or [(prefix, "")]
+    return [(prefix, value)]
 
 
 def show_forwards(forwards: list[Forward], output: Format) -> None:
@@ -87,6 +98,7 @@ def login(
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="check the URL and token now")] = True,
 ) -> None:
     """Save a server URL and token as a named context (file mode 0600) and make it current."""
+    url = ctxmod.normalize_url(url, "--url")  # before asking for the token: a bad URL is refused at once
     if token == "-":
         token = sys.stdin.readline().strip()
     elif token is None:
@@ -118,7 +130,7 @@ def context_ls(output: OutputOpt = Format.table) -> None:
     if output == Format.json:
         emit_json(rows)
     else:
-        table(("", "name", "url", "gateway", "host"),
+        table((Col("", cut=False), Col("name"), Col("url"), Col("gateway", drop=2), Col("host", drop=1)),
               [("*" if r["current"] else "", r["name"], r["url"], r["gateway"], r["host"]) for r in rows])
 
 
@@ -195,7 +207,7 @@ def forward_show(forward_id: int, context: ContextOpt = None, output: OutputOpt 
     if output == Format.json:
         emit_json(fwd)
     else:
-        table(("field", "value"), [(k, v) for k, v in vars(fwd).items()])
+        table((Col("field", cut=False), Col("value")), [row for k, v in vars(fwd).items() for row in _fields(k, v)])
 
 
 @forward_app.command("rm")
@@ -339,7 +351,8 @@ def machine_ls(
     if output == Format.json:
         emit_json(machines)
         return
-    table(("name", "kind", "owner", "status", "addresses", "forwards"),
+    table((Col("name"), Col("kind", drop=2), Col("owner", drop=3), Col("status", drop=1), Col("addresses"),
+           Col("forwards")),
           [(m.name, m.kind, m.owner, m.status, ", ".join(m.addresses),
             ", ".join(f"{f.protocol}/{f.target_port}->{f.external}" for f in m.forwards)) for m in machines])
 
@@ -354,10 +367,17 @@ def gateway_ls(context: ContextOpt = None, output: OutputOpt = Format.table) -> 
     if output == Format.json:
         emit_json(gateways)
         return
-    table(("name", "external", "ranges", "free tcp/udp", "forwards", "status", "last error"),
+    table((Col("name"), Col("external", cut=False), Col("ranges", drop=2), Col("free tcp/udp", drop=3),
+           Col("forwards", drop=1), Col("status"), Col("last error")),
           [(g.name, g.external_address, ", ".join(g.port_ranges),
             f"{g.ports_free.get('tcp')}/{g.ports_free.get('udp')}", g.forwards, g.status, g.last_error)
            for g in gateways])
+    # What keeps a gateway from working, and the fix: in full, below the table (a cell would cut it).
+    for g in gateways:
+        for problem in g.problems:
+            typer.echo(f"{g.name}: {problem.get('message')}")
+            if problem.get("fix"):
+                typer.echo(f"  fix: {problem['fix']}")
 
 
 # --- dynamic DNS ---------------------------------------------------------------------------------------------------
@@ -384,11 +404,13 @@ def ddns_status(context: ContextOpt = None, output: OutputOpt = Format.table) ->
         return
     console.print(f"server {escape(str(status['server']))}  zone {escape(str(status['zone']))}  key "
                   f"{escape(str(status['key_name']))} ({escape(str(status['key_algorithm']))})", highlight=False)
-    table(("gateway", "name", "source", "address", "published", "last update", "failures", "last error"),
+    table((Col("gateway"), Col("name"), Col("source", drop=3), Col("address", cut=False), Col("published", drop=2),
+           Col("last update", drop=4), Col("failures", drop=1), Col("last error")),
           [(g["gateway"], g["name"], g["source"], g["address"], g["address_published"], _when(g["last_update_at"]),
             g["failures"] or "", g["last_error"]) for g in status.get("gateways", [])])
     m = status.get("machines")
     if m:
-        table(("machine zone", "names", "published", "pending", "skipped", "last update", "failures", "last error"),
+        table((Col("machine zone"), Col("names"), Col("published"), Col("pending", drop=2), Col("skipped", drop=4),
+               Col("last update", drop=3), Col("failures", drop=1), Col("last error")),
               [(m["zone"], m["names"], m["published"], m["pending"], ", ".join(m["skipped"]) or "",
                 _when(m["last_update_at"]), m["failures"] or "", m["last_error"])])

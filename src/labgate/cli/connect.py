@@ -17,11 +17,11 @@ from typing import Annotated, Callable, Optional
 
 import typer
 
-from labgate.cli import context as ctxmod
-from labgate.cli.commands import ContextOpt, client_for, handled
 from rich.markup import escape
 
-from labgate.cli.output import console
+from labgate.cli import context as ctxmod
+from labgate.cli.commands import ContextOpt, client_for, handled
+from labgate.cli.output import console, note
 from labgate.client import Forward, NotFound, ValidationFailed
 
 PROTOCOLS = ("ssh", "scp", "rdp", "vnc", "https", "http")
@@ -92,14 +92,51 @@ def choose(launch: Launch, which: Callable[[str], str | None] = shutil.which) ->
     return launch
 
 
+def _describe(fwd: Forward) -> str:
+    restricted = f", only from {', '.join(fwd.allowed_sources)}" if fwd.allowed_sources else ""
+    return (f"#{fwd.id} on gateway {fwd.gateway} port {fwd.external_port} -> "
+            f"{fwd.target_address}:{fwd.target_port}{restricted}")
+
+
+def pick(matching: list[Forward], name: str, protocol: str, port: int, forward_id: int | None) -> Forward:
+    """The forward to use among the enabled TCP forwards of machine `name` to `port`.
+
+    `--id` chooses one of them. Otherwise one match is used as is. Several that reach the same address are the
+    same machine by different routes (gateways, external ports): the unrestricted one with the lowest id is used,
+    and a note on stderr says which and how to choose another. Several that reach different addresses are
+    different machines under one name: refused, with the list."""
+    if forward_id is not None:
+        chosen = next((f for f in matching if f.id == forward_id), None)
+        if chosen is None:
+            ids = ", ".join(f"#{f.id}" for f in matching) or "none"
+            raise NotFound(f"forward {forward_id} is not an enabled tcp forward of machine {name!r} to port {port} "
+                           f"({protocol}); those are: {ids}",
+                           hint=f"see them with `labgate forward ls --name {name} --target-port {port}`")
+        return chosen
+    if len(matching) == 1:
+        return matching[0]
+    ordered = sorted(matching, key=lambda f: (bool(f.allowed_sources), f.id))
+    if len({f.target_address for f in matching}) > 1:
+        raise ValidationFailed(
+            f"{len(matching)} forwards named {name!r} go to port {port} ({protocol}) of different machines: "
+            + "; ".join(_describe(f) for f in ordered),
+            hint=f"choose one with --id, e.g. `labgate connect {name} --protocol {protocol} --id {ordered[0].id}`")
+    chosen, others = ordered[0], ordered[1:]
+    gateways = sorted({f.gateway for f in matching})
+    how = "--id N" + (" or --gateway G" if len(gateways) > 1 else "")
+    note(f"{len(matching)} forwards of {name!r} go to {chosen.target_address}:{port} ({protocol}): using "
+         f"{_describe(chosen)}; not {'; '.join(_describe(f) for f in others)}. Choose another with {how}.")
+    return chosen
+
+
 def find_or_create(client, ctx, name: str, protocol: str, kind: str | None, create: bool,
-                   address: str | None, gateway: str | None) -> Forward:
+                   address: str | None, gateway: str | None, forward_id: int | None = None) -> Forward:
     forwards = client.list_forwards(name=name, gateway=gateway)
     kind = kind or next((f.kind for f in forwards if f.kind), None)
     port = target_port_for(protocol, kind)
-    for fwd in forwards:
-        if fwd.target_port == port and fwd.protocol == "tcp" and fwd.enabled:
-            return fwd
+    matching = [f for f in forwards if f.target_port == port and f.protocol == "tcp" and f.enabled]
+    if matching or forward_id is not None:
+        return pick(matching, name, protocol, port, forward_id)
     if not create:
         if not forwards:
             raise NotFound(f"no machine named {name!r} has a forward",
@@ -125,6 +162,8 @@ def connect(
     address: Annotated[Optional[str], typer.Option("--address", help="the machine's address, for --create")] = None,
     kind: Annotated[Optional[str], typer.Option(help="machine kind, if its forwards do not say")] = None,
     gateway: Annotated[Optional[str], typer.Option(help="gateway (default: the context's)")] = None,
+    forward_id: Annotated[Optional[int], typer.Option(
+        "--id", help="use this forward when several match (see `labgate forward ls --name NAME`)")] = None,
     context: ContextOpt = None,
 ) -> None:
     """Open a session to machine NAME through its forward: ssh, scp, rdp, vnc, http or https."""
@@ -133,7 +172,7 @@ def connect(
         raise ValidationFailed(f"unknown protocol {protocol!r}", hint=f"use one of {', '.join(PROTOCOLS)}")
     client, ctx = client_for(context)
     with client:
-        fwd = find_or_create(client, ctx, name, protocol, kind, create, address, gateway or ctx.gateway)
+        fwd = find_or_create(client, ctx, name, protocol, kind, create, address, gateway or ctx.gateway, forward_id)
     host = ctx.host or fwd.external_address
     launch = choose(plan(protocol, str(host), fwd.external_port, user))
     # What would run: the client found on this machine, else the usual command (or the URL) to try by hand.

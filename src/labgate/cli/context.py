@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import tomllib
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from labgate.client.errors import ConfigError
+from labgate.client.errors import ConfigError, ValidationFailed
 
 CONTEXT_KEYS = ("url", "token", "gateway", "host")
 
@@ -96,6 +98,54 @@ def save(data: dict[str, Any]) -> Path:
     return path
 
 
+# host:port without a scheme: a DNS name, an IPv4 address or a bracketed IPv6 address, then a port.
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?):([0-9]{1,5})/?$")
+URL_EXAMPLE = "http://gw.example.net:3000 or https://gw.example.net"
+
+
+def normalize_url(url: str, source: str = "--url", *, usage: bool = True) -> str:
+    """The labgate API URL to use, from what the user gave in `source` (--url, LABGATE_URL, a context).
+
+    `http://` or `https://` URLs are kept (without a trailing slash); a bare `host:port` gets `http://` in front,
+    with a note on stderr saying so; anything else is refused (exit 2) with a message naming `source` - never
+    left to fail later as "server unreachable". `usage`: raise ValidationFailed (a bad option) rather than
+    ConfigError (a bad setting); both exit 2.
+    """
+    error = ValidationFailed if usage else ConfigError
+    raw = url.strip()
+    if not raw:
+        raise error(f"{source} is empty: it must be the labgate API's URL", hint=f"e.g. {URL_EXAMPLE}")
+    if any(ch.isspace() for ch in raw):
+        raise error(f"{source} {raw!r} is not a URL: it contains spaces", hint=f"e.g. {URL_EXAMPLE}")
+    if "://" not in raw:
+        m = _HOST_PORT.match(raw)
+        if m and 0 < int(m.group(3)) < 65536:
+            fixed = "http://" + raw.rstrip("/")
+            from labgate.cli.output import note
+
+            note(f"{source} {raw} has no scheme: using {fixed} (write https:// for TLS)")
+            return fixed
+        raise error(f"{source} {raw!r} is not a URL: it must start with http:// or https://",
+                    hint=f"e.g. {URL_EXAMPLE}")
+    parts = urllib.parse.urlsplit(raw)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise error(f"{source} {raw!r} has scheme {parts.scheme + '://'!r}: labgate speaks http:// or https:// only",
+                    hint=f"e.g. {URL_EXAMPLE}")
+    try:
+        port = parts.port
+        host = parts.hostname
+    except ValueError as exc:
+        raise error(f"{source} {raw!r} is not a valid URL: {exc}", hint=f"e.g. {URL_EXAMPLE}") from None
+    if not host:
+        raise error(f"{source} {raw!r} has no host name", hint=f"e.g. {URL_EXAMPLE}")
+    if port == 0:
+        raise error(f"{source} {raw!r} has port 0", hint=f"e.g. {URL_EXAMPLE}")
+    if parts.query or parts.fragment:
+        raise error(f"{source} {raw!r} must not have a query or fragment (?... #...)",
+                    hint=f"e.g. {URL_EXAMPLE}")
+    return raw.rstrip("/")
+
+
 def resolve(name: str | None = None) -> Context:
     """The context to use: `name`, else the file's current one; then LABGATE_URL/LABGATE_TOKEN on top."""
     data = load()
@@ -106,7 +156,11 @@ def resolve(name: str | None = None) -> Context:
         raise ConfigError(f"no context named {name!r} in {config_path()}",
                           hint="see `labgate context ls`, or create it with `labgate login --context NAME`")
     ctx = Context(chosen or "default", **{k: contexts.get(chosen, {}).get(k) for k in CONTEXT_KEYS})
-    ctx.url = os.environ.get("LABGATE_URL") or ctx.url
+    env_url = os.environ.get("LABGATE_URL")
+    if env_url:
+        ctx.url = normalize_url(env_url, "LABGATE_URL", usage=False)
+    elif ctx.url:
+        ctx.url = normalize_url(str(ctx.url), f"the url of context {ctx.name!r} in {config_path()}", usage=False)
     ctx.token = os.environ.get("LABGATE_TOKEN") or ctx.token
     if not ctx.url:
         raise ConfigError("no labgate server configured")

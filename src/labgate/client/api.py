@@ -26,6 +26,8 @@ class Client:
         token = token or os.environ.get("LABGATE_TOKEN")
         if not url:
             raise ConfigError("no labgate URL given")
+        if not url.lower().startswith(("http://", "https://")):
+            raise ConfigError(f"labgate URL {url!r} must start with http:// or https://")
         self.url = url.rstrip("/")
         headers = {"User-Agent": f"labgate-client/{__version__}"}
         if token:
