@@ -14,8 +14,8 @@ Method, per size N (e.g. 100, 10,000, 50,000):
   5. The server's VmRSS and VmHWM, then it is stopped.
   6. In this process, against the same database and namespace, each repeat times
      (a) a full reconcile as the server does it (read the committed forwards, render, one nft batch),
-     (b) GatewayDataplane.full_sync(rules) with the rules already in memory (render + one batch), and
-     (c) the baseline: `ip netns exec NS nft -f FILE` of exactly the batch full_sync just sent (recorded by
+     (b) GatewayDataplane.sync() (a full sync) with the rules already in memory (render + one batch), and
+     (c) the baseline: `ip netns exec NS nft -f FILE` of exactly the batch that full sync just sent (recorded by
          wrapping labgate's nft runner: the forwarding table and the usage-counter table, as one batch).
 Baseline for 3-4: the seeds' commands (seeds.py) in a lab namespace of the same kind holding N DNAT rules.
 """
@@ -368,20 +368,23 @@ class RecordingRunner:
 def measure_reconcile(server: LabgateServer, repeats: int, log) -> dict:
     """Step 6: the full reconcile, full_sync alone, and a bare `nft -f` of the same text, interleaved."""
     from labgate.config import ServerConfig, Settings
-    from labgate.core.service import Labgate
+    from labgate.dataplane.kernel import NamespaceKernel
     from labgate.dataplane.render import render_gateway_table
+    from labgate.service import Labgate
 
     settings = Settings(server=ServerConfig(database=server.db_url, log_level="warning"),
                         gateway=[server.gateway_config()])
-    lg = Labgate(settings)           # not started: no loop, no API, no workers; its dataplane and database only
+    # Not started: no loop, no API, no workers; its dataplane and database only. The recording runner lets the
+    # baseline load the very batch the full sync sends.
+    lg = Labgate(settings, kernels=lambda cfg: NamespaceKernel(cfg.netns, runner_factory=RecordingRunner))
     ns = server.lab.gateway_ns
     timings: dict[str, list[float]] = {"reconcile": [], "load_rules": [], "render": [], "full_sync": [], "nft_f": []}
     path = server.folder / "table.nft"
     try:
         gw = lg.dataplane.gateways[GATEWAY]
-        gw._runner_factory = RecordingRunner  # (private) so the baseline is the very batch full_sync sends
         gw.refresh_addresses()
-        rules = lg.forwards.enabled_rules(gw)
+        assert gw.external_address is not None
+        rules = lg.forwards.rules.enabled_rules(GATEWAY, gw.external_address)
         for _ in range(repeats):
             gw.needs_full = True
             t0 = time.perf_counter()
@@ -390,14 +393,15 @@ def measure_reconcile(server: LabgateServer, repeats: int, log) -> dict:
             timings["reconcile"].append(time.perf_counter() - t0)
 
             t0 = time.perf_counter()
-            rules = lg.forwards.enabled_rules(gw)
+            rules = lg.forwards.rules.enabled_rules(GATEWAY, gw.external_address)
             timings["load_rules"].append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             render_gateway_table(gw.shape(), rules)
             timings["render"].append(time.perf_counter() - t0)
 
             t0 = time.perf_counter()
-            gw.full_sync(rules)
+            with gw.lock:
+                gw.sync(desired=lambda _ext: rules)  # no change given: a full sync of exactly these rules
             timings["full_sync"].append(time.perf_counter() - t0)
 
             path.write_text(RecordingRunner.last)

@@ -2,7 +2,7 @@
 and a userspace proxy.
 
 New-connection latency.  One lab per kind of gateway: labgate (its table loaded by labgate's own
-GatewayDataplane.full_sync) and each iptables backend (a nat table of one DNAT rule per forward, seeds.py).  Each
+GatewayDataplane.sync, a full sync) and each iptables backend (a nat table of one DNAT rule per forward, seeds.py).  Each
 round visits every kind and every size (e.g. 10, 10,000, 50,000) in a shuffled order; a visit loads a table of that
 size into the lab's gateway, flushes conntrack, lets the machine settle (freeing the previous table runs in the
 background for a while), warms up with a few connections, then opens many TCP connections one after the other from
@@ -71,11 +71,12 @@ class Gateway:
         self._dataplane = None
         if kind == "labgate":
             from labgate.config import GatewayConfig
+            from labgate.dataplane.kernel import NamespaceKernel
             from labgate.dataplane.reconcile import GatewayDataplane
 
-            self._dataplane = GatewayDataplane(GatewayConfig(
-                name="bench", netns=self.lab.gateway_ns, external_address=self.lab.external_address,
-                port_range=["10000-65000"], target_networks=[self.lab.lab_network], masquerade=True))
+            cfg = GatewayConfig(name="bench", netns=self.lab.gateway_ns, external_address=self.lab.external_address,
+                                port_range=["10000-65000"], target_networks=[self.lab.lab_network], masquerade=True)
+            self._dataplane = GatewayDataplane(cfg, NamespaceKernel(cfg.netns), source=None)  # type: ignore[arg-type]
             sandbox.on_close(self._dataplane.close)
 
     @property
@@ -101,10 +102,10 @@ class Gateway:
             from labgate.dataplane.render import ForwardRule
 
             ext, machine = ipaddress.IPv4Address(self.address), ipaddress.IPv4Address(self.machine)
-            self._dataplane.full_sync([
-                ForwardRule(id=i, protocol="tcp", external_address=ext, external_port=FIRST_PORT + i - 1,
-                            target_address=machine, target_port=IPERF_PORT if i == size - 1 else ECHO_PORT)
-                for i in range(1, size + 1)])
+            rules = [ForwardRule(id=i, protocol="tcp", external_address=ext, external_port=FIRST_PORT + i - 1,
+                                 target_address=machine, target_port=IPERF_PORT if i == size - 1 else ECHO_PORT)
+                     for i in range(1, size + 1)]
+            self._dataplane.sync(desired=lambda _ext: rules)  # a full sync of exactly these rules
         else:
             ipt = Iptables(self.kind)
             in_ns(self.lab.gateway_ns, lambda: ipt.load(self.address, range(FIRST_PORT, FIRST_PORT + size),

@@ -10,14 +10,15 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 import uvicorn
 
 from labgate.api.app import create_app
-from labgate.config import Settings
-from labgate.core.service import Labgate
+from labgate.config import GatewayConfig, Settings
+from labgate.dataplane.fake import FakeKernel
+from labgate.service import Labgate
 from labgate.core.tokens import create_token
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -56,6 +57,12 @@ class Server:
     url: str
     labgate: Labgate
 
+    def kernel(self, gateway: str = "default") -> FakeKernel:
+        """The in-memory kernel of a gateway (API tests)."""
+        kernel = self.labgate.dataplane.gateways[gateway].kernel
+        assert isinstance(kernel, FakeKernel), "this server runs a real kernel"
+        return kernel
+
     def token(self, owner: str, admin: bool = False) -> str:
         return create_token(self.labgate.db, owner, admin=admin)
 
@@ -64,12 +71,26 @@ class Server:
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kw)
 
 
+def fake_kernels(settings: Settings) -> Callable[[GatewayConfig], FakeKernel]:
+    """An in-memory kernel per gateway whose addresses fit its config (the 'auto' address: 192.0.2.10)."""
+
+    def make(cfg: GatewayConfig) -> FakeKernel:
+        ext = "192.0.2.10" if cfg.external_address == "auto" else cfg.external_address
+        return FakeKernel(addresses=[ext, "127.0.0.1"], preferred=ext)
+
+    return make
+
+
 @contextmanager
-def running_server(settings: Settings) -> Iterator[Server]:
-    """Start labgate on a free port; stop it (and its dataplane threads) on exit, even after a failure."""
+def running_server(settings: Settings, *, api_only: bool = False) -> Iterator[Server]:
+    """Start labgate on a free port; stop it (and its dataplane threads) on exit, even after a failure.
+
+    With dataplane = "none" the gateways get the in-memory fake kernel (labgate.dataplane.fake), so API tests run
+    the real sync logic without root; `api_only` keeps them without any kernel (as `serve --no-agent`)."""
     port = free_port()
     settings.server.listen = f"127.0.0.1:{port}"
-    lg = Labgate(settings)
+    fake = settings.server.dataplane == "none" and not api_only
+    lg = Labgate(settings, kernels=fake_kernels(settings) if fake else None)
     tls = {"ssl_certfile": settings.server.tls_cert_file, "ssl_keyfile": settings.server.tls_key_file} \
         if settings.server.tls_cert_file else {}
     config = uvicorn.Config(create_app(lg), host="127.0.0.1", port=port, log_level="warning", lifespan="on", **tls)

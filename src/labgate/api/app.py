@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from labgate import __version__
 from labgate.api.routes import compat, ddns, events, forwards, gateways, health, machines
 from labgate.core.errors import LabgateError, PortTaken
-from labgate.core.service import Labgate
+from labgate.service import Labgate
 
 log = logging.getLogger("labgate.api")
 

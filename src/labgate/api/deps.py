@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from labgate.core.service import Labgate
+from labgate.service import Labgate
 from labgate.core.tokens import Principal, authenticate
 
 _bearer = HTTPBearer(auto_error=False, description="An API token from `labgate token create`")

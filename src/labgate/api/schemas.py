@@ -142,6 +142,8 @@ class DdnsStatusOut(BaseModel):
 
 
 class GatewayProblemOut(BaseModel):
+    """Why a synced gateway is not_forwarding or degraded."""
+
     check: str                       # "forwarding", "connection_events", ...
     message: str
     fix: str                         # the command or setting that fixes it

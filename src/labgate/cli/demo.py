@@ -190,7 +190,7 @@ class Demo:
         from labgate.api.app import create_app
         from labgate.config import GatewayConfig, ServerConfig, Settings
         from labgate.core.tokens import create_token
-        from labgate.core.service import Labgate
+        from labgate.service import Labgate
 
         with console.status("building the lab: client, gateway and lab namespaces") as status:
             self.lab = lab = lablib.create_lab(self.prefix)

@@ -64,7 +64,7 @@ def serve(
     import uvicorn
 
     from labgate.api.app import create_app
-    from labgate.core.service import Labgate
+    from labgate.service import Labgate
     from labgate.logs import setup_logging
 
     settings = _settings(config)

@@ -20,7 +20,7 @@ from typing import Any
 
 import jwt
 
-from labgate.config import CompatConfig, GatewayConfig, load_jwt_key
+from labgate.config import CompatConfig, GatewayConfig
 from labgate.core.errors import (
     DataplaneUnavailable,
     InvalidInput,
@@ -30,11 +30,12 @@ from labgate.core.errors import (
     RangeExhausted,
     Unauthorized,
 )
-from labgate.core.forwards import ForwardFilter, ForwardSpec
-from labgate.core.service import Labgate
+from labgate.core.forwards import ForwardFilter, ForwardService, ForwardSpec
+from labgate.core.views import ForwardView
 from labgate.core.tokens import Principal
 from labgate.core.validation import KIND_RE, NAME_RE, OWNER_RE
 from labgate.dataplane.reconcile import DataplaneError
+from labgate.keys import load_jwt_key
 
 log = logging.getLogger("labgate.compat")
 
@@ -152,9 +153,9 @@ class PortmapQuery:
     target_port: int | None = None
 
 
-def _in_view(fwd: dict[str, Any]) -> bool:
-    return (fwd["protocol"] == "tcp" and fwd["port_count"] == 1 and fwd["enabled"]
-            and fwd["name"] is not None and fwd["kind"] is not None)
+def _in_view(fwd: ForwardView) -> bool:
+    return (fwd.protocol == "tcp" and fwd.port_count == 1 and fwd.enabled
+            and fwd.name is not None and fwd.kind is not None)
 
 
 def _normal_address(text: str) -> str | None:
@@ -168,13 +169,13 @@ def _normal_address(text: str) -> str | None:
 class VlabService:
     """The vlab_ipam_api calls for one gateway, on top of ForwardService."""
 
-    def __init__(self, lg: Labgate, gateway: GatewayConfig) -> None:
-        self.lg = lg
+    def __init__(self, forwards: ForwardService, gateway: GatewayConfig) -> None:
+        self.forwards = forwards
         self.gateway = gateway
 
     def gateway_ip(self) -> str:
         """The gateway's external address: what vLab clients connect to."""
-        gwdp = self.lg.dataplane.get(self.gateway.name)
+        gwdp = self.forwards.dataplane.get(self.gateway.name)
         assert gwdp is not None
         if gwdp.external_address is None:
             try:
@@ -185,13 +186,13 @@ class VlabService:
             raise VlabError(500, f"gateway {self.gateway.name!r} has no external address yet")
         return str(gwdp.external_address)
 
-    def _forwards(self, who: Principal, flt: ForwardFilter) -> list[dict[str, Any]]:
+    def _forwards(self, who: Principal, flt: ForwardFilter) -> list[ForwardView]:
         """Every forward of `who` matching `flt` on the compat gateway, oldest first, in the vLab view."""
         flt.gateway, flt.protocol = self.gateway.name, "tcp"
-        out: list[dict[str, Any]] = []
+        out: list[ForwardView] = []
         offset = 0
         while True:
-            total, rows = self.lg.forwards.list(who, flt, limit=PAGE, offset=offset)
+            total, rows = self.forwards.list(who, flt, limit=PAGE, offset=offset)
             out.extend(rows)
             offset += len(rows)
             if not rows or offset >= total:
@@ -216,37 +217,37 @@ class VlabService:
             flt.target_address = addr
         ports: dict[str, Any] = {}
         for fwd in self._forwards(who, flt):
-            ports[str(fwd["external_port"])] = {
-                "name": fwd["name"],
-                "target_addr": fwd["target_address"],
-                "target_port": fwd["target_port"],
-                "component": fwd["kind"],
+            ports[str(fwd.external_port)] = {
+                "name": fwd.name,
+                "target_addr": fwd.target_address,
+                "target_port": fwd.target_port,
+                "component": fwd.kind,
             }
         return {"ports": ports, "gateway_ip": self.gateway_ip()}
 
     def create(self, who: Principal, target_addr: str, target_port: int, target_name: str,
                target_component: str) -> dict[str, Any]:
         """A new forward, like every POST of the original (it never de-duplicated); returns {"conn_port": n}."""
-        fwd = self.lg.forwards.create(who, ForwardSpec(
+        fwd = self.forwards.create(who, ForwardSpec(
             target_address=target_addr, target_port=target_port, name=target_name, kind=target_component,
             protocol="tcp", gateway=self.gateway.name))
-        log.info("event=vlab_portmap_created id=%d owner=%s conn_port=%d", fwd["id"], who.owner,
-                 fwd["external_port"])
-        return {"conn_port": fwd["external_port"]}
+        log.info("event=vlab_portmap_created id=%d owner=%s conn_port=%d", fwd.id, who.owner,
+                 fwd.external_port)
+        return {"conn_port": fwd.external_port}
 
     def delete(self, who: Principal, conn_port: int) -> None:
         """Remove the caller's single-port TCP forward at `conn_port` on the compat gateway (whatever its name,
         kind or enabled state: the caller asked for that port to stop forwarding). 404 when there is none."""
         flt = ForwardFilter(external_port=conn_port, gateway=self.gateway.name, protocol="tcp")
-        _, rows = self.lg.forwards.list(who, flt, limit=10)
-        match = [f for f in rows if f["external_port"] == conn_port and f["port_count"] == 1]
+        _, rows = self.forwards.list(who, flt, limit=10)
+        match = [f for f in rows if f.external_port == conn_port and f.port_count == 1]
         if not match:
             raise VlabError(404, NO_RECORD)
         try:
-            self.lg.forwards.delete(who, match[0]["id"])
+            self.forwards.delete(who, match[0].id)
         except NotFound:  # deleted meanwhile by another request
             raise VlabError(404, NO_RECORD) from None
-        log.info("event=vlab_portmap_deleted id=%d owner=%s conn_port=%d", match[0]["id"], who.owner, conn_port)
+        log.info("event=vlab_portmap_deleted id=%d owner=%s conn_port=%d", match[0].id, who.owner, conn_port)
 
     def lookup_addr(self, who: Principal, *, name: str | None, addr: str | None,
                     component: str | None) -> dict[str, Any]:
@@ -268,11 +269,11 @@ class VlabService:
         machines: dict[str, dict[str, Any]] = {}
         states: dict[str, dict[str, str]] = {}
         for fwd in self._forwards(who, flt):
-            entry = machines.setdefault(fwd["name"], {"component": fwd["kind"], "routable": None, "addr": []})
-            entry["component"] = fwd["kind"]  # as the original: the last row's component wins
-            if fwd["target_address"] not in entry["addr"]:
-                entry["addr"].append(fwd["target_address"])
-            states.setdefault(fwd["name"], {})[fwd["target_address"]] = fwd["health"]["address"]
+            entry = machines.setdefault(fwd.name, {"component": fwd.kind, "routable": None, "addr": []})
+            entry["component"] = fwd.kind  # as the original: the last row's component wins
+            if fwd.target_address not in entry["addr"]:
+                entry["addr"].append(fwd.target_address)
+            states.setdefault(fwd.name, {})[fwd.target_address] = fwd.health.address
         for machine_name, entry in machines.items():
             entry["routable"] = routable(list(states[machine_name].values()))
         return machines

@@ -1,33 +1,37 @@
-"""Make the kernel equal the database: one GatewayDataplane per gateway, and the Dataplane that owns them all.
+"""Make the kernel equal the database: one GatewayDataplane per gateway, the Dataplane that owns them all, and
+the one sync entry point every change goes through (shaped like kube-proxy's syncProxyRules).
 
-Entry points:
-  GatewayDataplane.apply(remove, add, cut)  a partial sync (element changes in one batch) for one API change
-  GatewayDataplane.full_sync(rules)         the whole table replaced atomically from the committed state
-  Dataplane.reconcile_once()                per gateway: full sync if needed (start, failure, drift, namespace
-                                            re-created), otherwise a cheap intactness check
-Any failure sets `needs_full`, so the next pass re-renders everything. Callers hold `gateway.lock` around
-"apply + database commit" so a full sync never reads a state the kernel is about to diverge from.
+    with dataplane.change("lab") as gw:          # the gateway's lock, for "sync the kernel, then commit"
+        gw.sync(RuleChange(remove, add), desired=rules_of_the_open_transaction)
+        session.commit()                         # if this raises, the gateway is re-synced from the committed state
+
+`GatewayDataplane.sync()` decides partial or full: with a change and a clean gateway, the change's elements in one
+batch; otherwise (start, an earlier failure, drift, a re-created namespace), or when the partial batch is refused,
+the whole table from the desired state in one atomic batch. Any failure marks the gateway for a full sync and is
+recorded in one place (`_failed`): status, metrics, one log line (the refused batch at debug level).
+The Dataplane's loop (`reconcile_once`) does the rest: a cheap structure check, a full sync when drifted, dirty or
+due (`full_resync_interval`), and the forwarding check.
+
+The kernel itself is behind `GatewayKernel` (kernel.py): the real namespace, or the in-memory fake (fake.py).
+The desired state comes from a `RulesSource` the assembly hands in (the database), so this package never imports
+the layers above it.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import ipaddress
-import json
 import logging
-import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterable, TypeVar
+from typing import Callable, Iterable, Iterator, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
 
 from labgate.config import GatewayConfig
-from labgate.dataplane import conntrack
-from labgate.dataplane.netns import NamespaceError, NamespaceWorker
-from labgate.dataplane.nft import NftError, NftRunner, open_runner, parse_json
+from labgate.periodic import Periodic
+from labgate.dataplane.kernel import GatewayKernel, KernelError
 from labgate.dataplane.render import (
     CHAINS,
     USAGE_CHAINS,
@@ -35,8 +39,6 @@ from labgate.dataplane.render import (
     ForwardRule,
     GatewayShape,
     render_changes,
-    render_check,
-    render_list_set,
     render_gateway_table,
     render_usage_ensure,
     render_usage_table,
@@ -49,29 +51,40 @@ SYNC_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 SYNC_FAILURES = Counter("labgate_sync_failures_total", "Kernel changes that failed", ["gateway", "kind"])
+LAST_SYNC = Gauge("labgate_last_sync_timestamp_seconds", "When the kernel last matched the database (Unix time)",
+                  ["gateway"])
 DRIFT_REPAIRS = Counter("labgate_drift_repairs_total", "Full syncs caused by drift found in the kernel", ["gateway"])
 RULES = Gauge("labgate_kernel_forwards", "Forwards present in the kernel after the last full sync", ["gateway"])
 PROBLEMS = Gauge("labgate_gateway_problem", "1 while a gateway has this problem (check: forwarding, "
                  "connection_events, ...), else 0", ["gateway", "check"])
 FORWARDING = Gauge("labgate_gateway_forwarding", "1 if the gateway's namespace routes packets (net.ipv4.ip_forward), "
                    "0 if not", ["gateway"])
-IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
-
-
-T = TypeVar("T")
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-
-
-def release_memory() -> None:
-    """Give freed heap back to the system (glibc keeps it otherwise): after a big render or listing."""
-    try:
-        _libc.malloc_trim(0)
-    except AttributeError:  # not glibc
-        pass
 
 
 class DataplaneError(RuntimeError):
     """The kernel refused or could not be reached; str() says why in one line."""
+
+
+class RulesSource(Protocol):
+    """The committed desired state: the rules of a gateway's enabled forwards, towards `external`."""
+
+    def enabled_rules(self, gateway: str, external: ipaddress.IPv4Address) -> list[ForwardRule]: ...
+
+
+DesiredRules = Callable[[ipaddress.IPv4Address], list[ForwardRule]]
+KernelFactory = Callable[[GatewayConfig], GatewayKernel]
+
+
+@dataclass(frozen=True)
+class RuleChange:
+    """What one API change does to a gateway's rules: the old rules out, the new ones in (a retarget is both)."""
+
+    remove: tuple[ForwardRule, ...] = ()
+    add: tuple[ForwardRule, ...] = ()
+
+    @classmethod
+    def of(cls, remove: Iterable[ForwardRule | None] = (), add: Iterable[ForwardRule | None] = ()) -> "RuleChange":
+        return cls(tuple(r for r in remove if r is not None), tuple(r for r in add if r is not None))
 
 
 @dataclass(frozen=True)
@@ -96,13 +109,15 @@ class GatewayHealth:
 
 
 class GatewayDataplane:
-    """The kernel state of one gateway: its namespace thread, its table, its addresses."""
+    """The kernel state of one gateway: its kernel, its table's shape, its addresses, whether it is in sync."""
 
-    def __init__(self, cfg: GatewayConfig, *, kernel: bool = True, runner_factory: Callable[[], NftRunner] = open_runner):
+    def __init__(self, cfg: GatewayConfig, kernel: GatewayKernel | None, source: RulesSource) -> None:
         self.cfg = cfg
         self.kernel = kernel
+        self.source = source
         self.lock = threading.RLock()
         self.needs_full = True
+        self.syncs = 0  # successful syncs (partial or full): tells change() whether its block touched the kernel
         self.last_error: str | None = None
         self.last_full_sync_at: float | None = None
         self.forwards_in_kernel: int | None = None
@@ -110,72 +125,100 @@ class GatewayDataplane:
             None if cfg.external_address == "auto" else ipaddress.IPv4Address(cfg.external_address)
         )
         self.local_addresses: frozenset[ipaddress.IPv4Address] = frozenset()
-        self._runner_factory = runner_factory
-        self._runner: NftRunner | None = None
-        self._runner_generation = -1
-        self.worker = NamespaceWorker(cfg.netns) if kernel else None
-        self.reader = NamespaceWorker(cfg.netns) if kernel else None
         self._problems: dict[str, GatewayProblem] = {}
         self._problems_lock = threading.Lock()
 
-    # --- inside the namespace thread -------------------------------------------------------------------------
-    def _nft(self, text: str, *, json: bool = False, terse: bool = False) -> str:
-        assert self.worker is not None
-        if self._runner is None or self._runner_generation != self.worker.generation:
-            # A netlink socket belongs to the namespace it was opened in: re-open after re-entering.
-            if self._runner is not None:
-                self._runner.close()
-            self._runner = self._runner_factory()
-            self._runner_generation = self.worker.generation
-        return self._runner.run(text, json=json, terse=terse)
+    # --- the sync entry point ----------------------------------------------------------------------------------
+    def sync(self, change: RuleChange | None = None, *, desired: DesiredRules | None = None) -> str:
+        """Make the kernel match the desired state; returns "partial", "full" or "none" (no kernel here).
 
-    def _run(self, fn: Callable[[], object], what: str) -> object:
-        if self.worker is None:
-            return None
+        With a change and a clean gateway, only the change's elements are applied; otherwise, or if that batch is
+        refused, the whole table is rendered from `desired` (default: the committed state). Callers hold `lock`.
+        Raises DataplaneError when the kernel is still not in sync; the gateway is then marked for a full sync."""
+        if self.kernel is None:
+            self.needs_full = False
+            return "none"
+        if change is not None and not self.needs_full:
+            try:
+                self._partial(change)
+                return "partial"
+            except DataplaneError:
+                log.warning("event=partial_sync_failed gateway=%s action=full_sync", self.cfg.name)
+        self._full(desired or (lambda ext: self.source.enabled_rules(self.cfg.name, ext)))
+        return "full"
+
+    def _partial(self, change: RuleChange) -> None:
+        assert self.kernel is not None
+        batch = render_changes(self.shape(), change.remove, change.add)
+        started = time.perf_counter()
+        if batch:
+            try:
+                self.kernel.apply(batch)
+            except KernelError as exc:
+                self._failed("partial", str(exc), batch)
+        self._synced("partial", started)
+        if self.forwards_in_kernel is not None:
+            self.forwards_in_kernel += len(change.add) - len(change.remove)
+
+    def _full(self, desired: DesiredRules) -> None:
+        assert self.kernel is not None
+        started = time.perf_counter()
+        self.refresh_addresses()
+        shape = self.shape()
         try:
-            return self.worker.run(fn)
-        except (NftError, NamespaceError, conntrack.ConntrackUnavailable, OSError, subprocess.SubprocessError) as exc:
-            self.needs_full = True
-            self.last_error = f"{what}: {exc}".splitlines()[0] if str(exc) else what
-            raise DataplaneError(self.last_error) from exc
+            rules = desired(shape.external_address)
+        except Exception as exc:  # noqa: BLE001 - e.g. the database is briefly unavailable
+            self._failed("full", f"loading forwards: {exc}")
+        main = render_gateway_table(shape, rules)
+        ids = [r.id for r in rules]
+        try:
+            try:
+                # Counters live in their own table: repaired in place (their counts kept); only if that is refused
+                # (a set of the wrong type, say) is the counters table rebuilt from zero.
+                self.kernel.apply(main + render_usage_ensure(shape, ids), large=True)
+            except KernelError:
+                self.kernel.apply(main + render_usage_table(shape, ids), large=True)
+        except KernelError as exc:
+            self._failed("full", str(exc), main)
+        self.needs_full = False
+        self.last_error = None
+        self.last_full_sync_at = time.time()
+        self.forwards_in_kernel = len(rules)
+        RULES.labels(self.cfg.name).set(len(rules))
+        elapsed = self._synced("full", started)
+        log.info("event=full_sync gateway=%s forwards=%d seconds=%.3f", self.cfg.name, len(rules), elapsed)
 
-    @staticmethod
-    def _read_addresses() -> tuple[list[ipaddress.IPv4Address], ipaddress.IPv4Address | None]:
-        """All IPv4 addresses of the current namespace, and the default route's preferred one."""
-        addrs = json.loads(subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True, text=True,
-                                          check=True, timeout=10).stdout or "[]")
-        routes = json.loads(subprocess.run(["ip", "-j", "-4", "route", "show", "default"], capture_output=True,
-                                           text=True, check=True, timeout=10).stdout or "[]")
-        local = [ipaddress.IPv4Address(a["local"]) for link in addrs for a in link.get("addr_info", []) if "local" in a]
-        preferred = None
-        if routes:
-            dev = routes[0].get("dev")
-            src = routes[0].get("prefsrc")
-            if src:
-                preferred = ipaddress.IPv4Address(src)
-            else:
-                for link in addrs:
-                    if link.get("ifname") == dev:
-                        glob = [a for a in link.get("addr_info", []) if a.get("scope") == "global"]
-                        if glob:
-                            preferred = ipaddress.IPv4Address(glob[0]["local"])
-        if preferred is None:
-            glob = [ipaddress.IPv4Address(a["local"]) for link in addrs for a in link.get("addr_info", [])
-                    if a.get("scope") == "global"]
-            preferred = glob[0] if glob else None
-        return local, preferred
+    def _synced(self, kind: str, started: float) -> float:
+        elapsed = time.perf_counter() - started
+        self.syncs += 1
+        SYNC_SECONDS.labels(self.cfg.name, kind).observe(elapsed)
+        LAST_SYNC.labels(self.cfg.name).set(time.time())
+        return elapsed
 
-    # --- public ----------------------------------------------------------------------------------------------
+    def _failed(self, kind: str, error: str, batch: str | None = None) -> None:
+        """The one place a failed sync is recorded: dirty, status, metrics, a log line once per distinct error."""
+        previous, self.last_error = self.last_error, error
+        self.needs_full = True
+        SYNC_FAILURES.labels(self.cfg.name, kind).inc()
+        if error != previous:
+            log.error("event=sync_failed gateway=%s kind=%s error=%r", self.cfg.name, kind, error)
+        if batch is not None and log.isEnabledFor(logging.DEBUG):
+            log.debug("event=sync_refused_batch gateway=%s batch=%r", self.cfg.name, batch[:20000])
+        raise DataplaneError(error)
+
+    # --- addresses -------------------------------------------------------------------------------------------
     def refresh_addresses(self) -> None:
         """Learn the namespace's own addresses (targets may not be one) and, for "auto", the external address."""
-        if self.worker is None:
+        if self.kernel is None:
             return
-        local, preferred = self._run(self._read_addresses, "reading addresses")  # type: ignore[misc]
+        try:
+            local, preferred = self.kernel.read_addresses()
+        except KernelError as exc:
+            self._failed("full", str(exc))
         self.local_addresses = frozenset(local)
         if self.cfg.external_address == "auto":
             if preferred is None:
-                self.last_error = "external_address is 'auto' but the namespace has no global IPv4 address"
-                raise DataplaneError(self.last_error)
+                self._failed("full", "external_address is 'auto' but the namespace has no global IPv4 address")
             self.external_address = preferred
 
     def shape(self) -> GatewayShape:
@@ -183,114 +226,23 @@ class GatewayDataplane:
             raise DataplaneError(self.last_error or "the gateway's external address is not known yet")
         return GatewayShape(self.cfg.table_name, self.external_address, tuple(self.cfg.ranges), self.cfg.masquerade)
 
-    def apply(self, remove: Iterable[ForwardRule], add: Iterable[ForwardRule], cut: Iterable[int] = ()) -> None:
-        """Partial sync: delete `remove`'s elements, add `add`'s, in one batch; then cut conntrack marks `cut`.
-
-        Raises DataplaneError if the kernel refuses (it is then unchanged) or the namespace is gone.
-        """
-        if self.worker is None:
+    # --- reads and side effects off the sync path --------------------------------------------------------------
+    def cut(self, marks: Iterable[int]) -> None:
+        """Delete the conntrack entries of these forward ids (established sessions through them stop). Callers do
+        it after their commit and outside the gateway lock: `conntrack -D` walks the whole conntrack hash. A
+        failure is logged, not raised: the rule change is already committed."""
+        marks = sorted(set(marks))
+        if self.kernel is None or not marks:
             return
-        remove, add, cut = list(remove), list(add), sorted(set(cut))
-        text = render_changes(self.shape(), remove, add)
-        started = time.perf_counter()
-
-        def job() -> None:
-            if text:
-                self._nft(text)
-            if cut:
-                self._cut_in_namespace(cut)
-
         try:
-            self._run(job, "applying change")
-        except DataplaneError:
-            SYNC_FAILURES.labels(self.cfg.name, "partial").inc()
-            raise
-        SYNC_SECONDS.labels(self.cfg.name, "partial").observe(time.perf_counter() - started)
-        if self.forwards_in_kernel is not None:
-            self.forwards_in_kernel += len(add) - len(remove)
-
-    def _cut_in_namespace(self, marks: list[int]) -> None:
-        # The rule change is already in the kernel: a conntrack failure must not undo it, only be reported.
-        try:
-            conntrack.delete_by_marks(marks)
-        except (conntrack.ConntrackUnavailable, OSError, subprocess.SubprocessError) as exc:
-            self.last_error = f"cutting open connections: {exc}"
+            self.kernel.cut(marks)
+        except KernelError as exc:
             log.error("event=conntrack_failed gateway=%s marks=%s error=%r", self.cfg.name, marks, str(exc))
 
-    def cut(self, marks: Iterable[int]) -> None:
-        """Delete the conntrack entries of these forward ids (established sessions through them stop).
-
-        `conntrack -D` walks the host's whole conntrack hash (~12 ms here), so it runs on the reader thread:
-        callers do it after their commit and outside the gateway lock, and other changes do not wait for it."""
-        marks = sorted(set(marks))
-        if self.reader is not None and marks:
-            try:
-                self.reader.run(lambda: self._cut_in_namespace(marks))
-            except (NamespaceError, OSError) as exc:
-                log.error("event=conntrack_failed gateway=%s marks=%s error=%r", self.cfg.name, marks, str(exc))
-
-    def full_sync(self, rules: list[ForwardRule]) -> None:
-        """Replace the whole table with `rules` in one atomic batch. Raises DataplaneError on failure."""
-        if self.worker is None:
-            self.needs_full = False
-            return
-        started = time.perf_counter()
-        try:
-            self.refresh_addresses()
-            shape = self.shape()
-            text = render_gateway_table(shape, rules)
-            ids = [r.id for r in rules]
-
-            def job() -> None:
-                # Counters live in their own table: repaired in place (their counts kept); only if that is refused
-                # (a set of the wrong type, say) is the counters table rebuilt from zero.
-                try:
-                    try:
-                        self._nft(text + render_usage_ensure(shape, ids))
-                    except NftError:
-                        self._nft(text + render_usage_table(shape, ids))
-                finally:
-                    # A context that rendered 50,000 elements keeps them cached: start the next one fresh.
-                    if self._runner is not None:
-                        self._runner.close()
-                        self._runner = None
-                    release_memory()
-
-            self._run(job, "full sync")
-        except DataplaneError:
-            SYNC_FAILURES.labels(self.cfg.name, "full").inc()
-            raise
-        elapsed = time.perf_counter() - started
-        SYNC_SECONDS.labels(self.cfg.name, "full").observe(elapsed)
-        RULES.labels(self.cfg.name).set(len(rules))
-        self.needs_full = False
-        self.last_error = None
-        self.last_full_sync_at = time.time()
-        self.forwards_in_kernel = len(rules)
-        log.info("event=full_sync gateway=%s forwards=%d seconds=%.3f", self.cfg.name, len(rules), elapsed)
-
-    @staticmethod
-    def _table_intact(runner: NftRunner, table: str, expected: dict[str, int]) -> bool:
-        """Does `table` exist with exactly these chains and rule counts?"""
-        try:
-            out = runner.run(render_check(table), json=True, terse=True)
-        except NftError:
-            return False
-        rules: dict[str, int] = {name: 0 for name in expected}
-        chains = set()
-        for item in parse_json(out):
-            if "chain" in item:
-                chains.add(item["chain"]["name"])
-            elif "rule" in item and item["rule"].get("chain") in rules:
-                rules[item["rule"]["chain"]] += 1
-        return chains == set(expected) and rules == expected
-
     def check_tables(self) -> tuple[bool, bool]:
-        """Drift check: (forwarding table intact, usage table intact). Runs on the reader thread without the
-        gateway lock: nft 1.0.6 fetches every element even for a terse listing (~1 s at 50,000 forwards), and
-        API changes must not wait for that. A change in flight never removes chains or rules, so it cannot make
-        this check fail."""
-        if self.worker is None:
+        """Drift check: (forwarding table intact, usage table intact), without the gateway lock (a listing takes
+        about a second at 50,000 forwards on nft 1.0.6). A change in flight never removes chains or rules."""
+        if self.kernel is None:
             return True, True
         if self.external_address is None:
             return False, False
@@ -299,53 +251,22 @@ class GatewayDataplane:
         if not self.cfg.masquerade:
             expected["postrouting"] = 0
         try:
-            return self._read(lambda r: (self._table_intact(r, shape.table, expected),
-                                         self._table_intact(r, shape.usage_table, USAGE_CHAINS)), "checking tables")
-        except DataplaneError:
+            return (self.kernel.table_shape(shape.table) == expected,
+                    self.kernel.table_shape(shape.usage_table) == USAGE_CHAINS)
+        except KernelError:
             return False, False
 
-    def intact(self) -> bool:
-        return all(self.check_tables())
-
-    def _read(self, fn: Callable[[NftRunner], T], what: str) -> T:
-        """Run fn on the reader thread (second namespace thread) with a fresh nft context, released afterwards:
-        a listing of 50,000 elements leaves ~100-200 MiB in a context's cache otherwise."""
-        assert self.reader is not None
-
-        def job() -> T:
-            runner = self._runner_factory()
-            try:
-                return fn(runner)
-            finally:
-                runner.close()
-                release_memory()
-
-        try:
-            return self.reader.run(job)
-        except (NftError, NamespaceError, OSError) as exc:
-            raise DataplaneError(f"{what}: {exc}".splitlines()[0]) from exc
-
     def read_usage(self) -> dict[int, tuple[int, int, int]]:
-        """{forward id: (connections, packets, bytes)} from the kernel counters. Runs on the reader thread so a
-        slow listing never delays an API change."""
-        if self.worker is None or self.external_address is None:
+        """{forward id: (connections, packets, bytes)} from the kernel counters. Raises DataplaneError."""
+        if self.kernel is None or self.external_address is None:
             return {}
         table = self.shape().usage_table
-
-        def read(runner: NftRunner) -> dict[int, tuple[int, int, int]]:
-            counts = {name: parse_counters(runner.run(render_list_set(table, name), json=True))
-                      for name in USAGE_SETS}
-            return {i: (counts["conns"].get(i, (0, 0))[0],) + counts["traffic"].get(i, (0, 0))
-                    for i in counts["traffic"].keys() | counts["conns"].keys()}
-
-        return self._read(read, "reading counters")
-
-    def remove_table(self) -> None:
-        """Delete labgate's table for this gateway (used by `demo --down` and tests); no error if absent."""
-        if self.worker is None or not self.worker.exists():
-            return
-        t = self.cfg.table_name
-        self._run(lambda: self._nft(f"add table ip {t}\ndelete table ip {t}\n"), "removing table")
+        try:
+            counts = {name: self.kernel.read_counters(table, name) for name in USAGE_SETS}
+        except KernelError as exc:
+            raise DataplaneError(str(exc)) from None
+        return {i: (counts["conns"].get(i, (0, 0))[0],) + counts["traffic"].get(i, (0, 0))
+                for i in counts["traffic"].keys() | counts["conns"].keys()}
 
     # --- problems that are not sync failures -------------------------------------------------------------------
     def set_problem(self, check: str, message: str | None, fix: str = "") -> None:
@@ -374,27 +295,15 @@ class GatewayDataplane:
     def check_forwarding(self) -> None:
         """Is net.ipv4.ip_forward on in the gateway's namespace? Without it a forward is accepted, its rules are in
         place, and no packet passes. Turned on where the gateway's config allows it, else reported with the fix."""
-        if self.worker is None:
+        if self.kernel is None:
             return
-        manage = self.cfg.manages_forwarding
-
-        def job() -> bool:
-            # /proc/sys/net is the namespace of the thread that opens it: this one lives in the gateway's.
-            with open(IP_FORWARD) as f:
-                if f.read().strip() != "0":
-                    return True
-            if not manage:
-                return False
-            with open(IP_FORWARD, "w") as f:
-                f.write("1")
-            log.info("event=forwarding_enabled gateway=%s netns=%s", self.cfg.name, self.cfg.netns or "(host)")
-            return True
-
+        run = f"ip netns exec {self.cfg.netns} " if self.cfg.netns else ""
+        fix = (f"{run}sysctl -w net.ipv4.ip_forward=1 (or set enable_forwarding = true in gateway "
+               f"{self.cfg.name!r}'s config)")
         try:
-            forwarding = self.worker.run(job)
-        except (NamespaceError, OSError) as exc:
-            self.set_problem("forwarding", f"cannot read or turn on net.ipv4.ip_forward: {exc}",
-                             self._forwarding_fix())
+            forwarding = self.kernel.ip_forward(self.cfg.manages_forwarding)
+        except KernelError as exc:
+            self.set_problem("forwarding", f"cannot read or turn on net.ipv4.ip_forward: {exc}", fix)
             FORWARDING.labels(self.cfg.name).set(0)
             return
         FORWARDING.labels(self.cfg.name).set(1 if forwarding else 0)
@@ -403,16 +312,11 @@ class GatewayDataplane:
         else:
             where = f"namespace {self.cfg.netns!r}" if self.cfg.netns else "the host's namespace"
             self.set_problem("forwarding", f"net.ipv4.ip_forward is 0 in {where}: forwards are in place but no "
-                             "packet is forwarded", self._forwarding_fix())
-
-    def _forwarding_fix(self) -> str:
-        run = f"ip netns exec {self.cfg.netns} " if self.cfg.netns else ""
-        return (f"{run}sysctl -w net.ipv4.ip_forward=1 (or set enable_forwarding = true in gateway "
-                f"{self.cfg.name!r}'s config)")
+                             "packet is forwarded", fix)
 
     def health(self) -> GatewayHealth:
         problems = self.problems()
-        if self.worker is None:
+        if self.kernel is None:
             status = "off"
         elif self.last_error and self.needs_full:
             status = "error"
@@ -427,85 +331,57 @@ class GatewayDataplane:
         return GatewayHealth(status, self.last_error, self.last_full_sync_at, self.forwards_in_kernel, problems)
 
     def close(self) -> None:
-        if self.worker is not None:
-            runner = self._runner
-            if runner is not None:
-                try:
-                    self.worker.run(runner.close, timeout=5)
-                except Exception:  # noqa: BLE001 - closing on shutdown must not raise
-                    pass
-            self.worker.close()
-        if self.reader is not None:
-            self.reader.close()
-
-
-def parse_counters(output: str) -> dict[int, tuple[int, int]]:
-    """`nft -j list set` output of a counter set -> {element: (packets, bytes)}."""
-    out: dict[int, tuple[int, int]] = {}
-    for item in parse_json(output):
-        for elem in item.get("set", {}).get("elem", []) or []:
-            inner = elem.get("elem", elem) if isinstance(elem, dict) else None
-            if isinstance(inner, dict) and isinstance(inner.get("val"), int):
-                counter = inner.get("counter") or {}
-                out[inner["val"]] = (int(counter.get("packets", 0)), int(counter.get("bytes", 0)))
-    return out
-
-
-RulesLoader = Callable[[GatewayDataplane], list[ForwardRule]]
+        if self.kernel is not None:
+            self.kernel.close()
 
 
 class Dataplane:
     """All gateways of this process, and the loop that keeps each one equal to the database."""
 
-    def __init__(self, gateways: list[GatewayConfig], load_rules: RulesLoader, *, kernel: bool = True,
-                 interval: float = 30.0, full_interval: float | None = 600.0,
-                 runner_factory: Callable[[], NftRunner] = open_runner) -> None:
-        self.gateways = {g.name: GatewayDataplane(g, kernel=kernel, runner_factory=runner_factory) for g in gateways}
-        self.load_rules = load_rules
+    def __init__(self, gateways: list[GatewayConfig], source: RulesSource, *, kernels: KernelFactory | None,
+                 interval: float = 30.0, full_interval: float | None = 600.0) -> None:
+        self.gateways = {g.name: GatewayDataplane(g, kernels(g) if kernels else None, source) for g in gateways}
         self.interval = interval
         self.full_interval = full_interval
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic("reconcile", self._next_wait, self.reconcile_once, logger=log,
+                              failure_event="reconcile_crashed")
 
     def get(self, name: str) -> GatewayDataplane | None:
         return self.gateways.get(name)
 
+    @contextmanager
+    def change(self, name: str) -> Iterator[GatewayDataplane]:
+        """Hold gateway `name`'s lock for "sync the kernel, then commit". If the block raises after the kernel was
+        changed (the commit failed), the gateway is synced back to the committed state before the error goes on."""
+        gw = self.gateways[name]
+        with gw.lock:
+            before = gw.syncs
+            try:
+                yield gw
+            except BaseException:
+                if gw.syncs != before:
+                    gw.needs_full = True
+                    self.reconcile_gateway(gw)
+                raise
+
     def reconcile_gateway(self, gw: GatewayDataplane) -> bool:
-        """Full sync if needed or drifted; returns True if the gateway is in sync afterwards."""
-        if gw.worker is None:  # no dataplane in this process (serve --no-agent): nothing to keep in sync
+        """Full sync if dirty, drifted or due; then the forwarding check. True if in sync afterwards."""
+        if gw.kernel is None:  # no dataplane in this process (serve --no-agent): nothing to keep in sync
             gw.needs_full = False
             return True
-        drifted = False
-        stale = (self.full_interval is not None and gw.last_full_sync_at is not None
-                 and time.time() - gw.last_full_sync_at >= self.full_interval)
-        if stale:
+        if (self.full_interval is not None and gw.last_full_sync_at is not None
+                and time.time() - gw.last_full_sync_at >= self.full_interval):
             # The structure check cannot see one element deleted by hand; a periodic full render can.
             gw.needs_full = True
-        if not gw.needs_full:
-            main_ok, usage_ok = gw.check_tables()  # outside the lock: it can take a second at 50,000 forwards
-            drifted = not (main_ok and usage_ok)
-            if drifted:
-                log.warning("event=drift gateway=%s action=full_sync", gw.cfg.name)
-                DRIFT_REPAIRS.labels(gw.cfg.name).inc()
+        if not gw.needs_full and not all(gw.check_tables()):  # outside the lock: slow at 50,000 forwards
+            log.warning("event=drift gateway=%s action=full_sync", gw.cfg.name)
+            DRIFT_REPAIRS.labels(gw.cfg.name).inc()
+            gw.needs_full = True
         with gw.lock:
-            if gw.needs_full or drifted:
-                previous = gw.last_error
+            if gw.needs_full:
                 try:
-                    gw.refresh_addresses()  # an "auto" external address must be known before rules are built
-                    gw.full_sync(self.load_rules(gw))
-                except DataplaneError as exc:
-                    gw.needs_full = True
-                    gw.last_error = str(exc)
-                    # A persistent failure is logged once, not every retry.
-                    if str(exc) != previous:
-                        log.error("event=sync_failed gateway=%s error=%r", gw.cfg.name, str(exc))
-                    return False
-                except Exception as exc:  # noqa: BLE001 - e.g. the database is briefly unavailable
-                    gw.needs_full = True
-                    gw.last_error = f"loading forwards: {exc}"
-                    if gw.last_error != previous:
-                        log.exception("event=sync_failed gateway=%s", gw.cfg.name)
+                    gw.sync()
+                except DataplaneError:
                     return False
         gw.check_forwarding()
         return True
@@ -514,31 +390,20 @@ class Dataplane:
         return all([self.reconcile_gateway(gw) for gw in self.gateways.values()])
 
     def request_full_sync(self, name: str) -> None:
-        """Mark a gateway dirty and wake the loop now (after a failed partial change or commit)."""
+        """Mark a gateway dirty and wake the loop now."""
         gw = self.gateways.get(name)
         if gw is not None:
             gw.needs_full = True
-        self._wake.set()
+        self._loop.trigger()
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.reconcile_once()
-            except Exception:  # noqa: BLE001 - the loop must survive anything
-                log.exception("event=reconcile_crashed")
-            # Retry sooner while something is broken; otherwise wait the interval (or a wake-up).
-            pending = any(gw.needs_full for gw in self.gateways.values())
-            self._wake.wait(min(self.interval, 2.0) if pending else self.interval)
-            self._wake.clear()
+    def _next_wait(self) -> float:
+        # Retry sooner while something is broken; otherwise wait the interval (or a wake-up).
+        return min(self.interval, 2.0) if any(gw.needs_full for gw in self.gateways.values()) else self.interval
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="reconcile", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._loop.stop(10)
         for gw in self.gateways.values():
             gw.close()

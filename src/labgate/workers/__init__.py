@@ -1,46 +1,11 @@
-"""Background services of a labgate process; so far the event layer: events, the bus and the sinks it feeds."""
+"""The background workers of a labgate process, beside core (never imported by it): each reads the database or
+the dataplane on its own thread and publishes what it finds as events. The assembly (labgate/service.py) starts
+and stops them; the periodic ones run on labgate.periodic.Periodic.
 
-from labgate.events import Event, describe
-from labgate.workers.events import (
-    DeliveryError,
-    DeliveryPolicy,
-    EventBus,
-    SinkStats,
-)
-from labgate.workers.sinks import (
-    FileSinkConfig,
-    JsonLinesFileSink,
-    Sink,
-    SinkConfig,
-    SyslogSinkConfig,
-    SyslogStreamSink,
-    SyslogUdpSink,
-    WebhookSink,
-    WebhookSinkConfig,
-    build_sinks,
-    sink_names,
-)
-from labgate.workers.syslog import SD_ID, SyslogFormat, frame
-
-__all__ = [
-    "SD_ID",
-    "DeliveryError",
-    "DeliveryPolicy",
-    "Event",
-    "EventBus",
-    "FileSinkConfig",
-    "JsonLinesFileSink",
-    "Sink",
-    "SinkConfig",
-    "SinkStats",
-    "SyslogFormat",
-    "SyslogSinkConfig",
-    "SyslogStreamSink",
-    "SyslogUdpSink",
-    "WebhookSink",
-    "WebhookSinkConfig",
-    "build_sinks",
-    "describe",
-    "frame",
-    "sink_names",
-]
+    events.py       EventBus: the recent events, and delivery to each sink (queue, thread, retries, counts)
+    sinks/          the transports the bus delivers to (syslog, file, webhook) and build_sinks
+    connections.py  ConnectionWatcher: conntrack NEW events -> "connection" events
+    health.py       HealthMonitor (probe.py: ICMP and TCP probes) -> address and port states, "health" events
+    usage.py        UsageCollector: kernel counters -> per-forward usage totals
+    ddns.py         DdnsUpdater: RFC 2136 updates for gateway and machine names
+"""

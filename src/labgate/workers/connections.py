@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from labgate.dataplane import netns
-from labgate.events import Event
-from labgate.workers.events import EventBus
+from labgate.events import Event, Publisher
 
 log = logging.getLogger("labgate.connections")
 
@@ -71,7 +70,7 @@ ProblemReport = Callable[["str | None"], None]
 class ConnectionWatcher:
     """Publishes a connection event for each new connection through a forward of one gateway."""
 
-    def __init__(self, gateway: str, netns_name: str, bus: EventBus, lookup: ForwardLookup,
+    def __init__(self, gateway: str, netns_name: str, bus: Publisher, lookup: ForwardLookup,
                  report: ProblemReport | None = None) -> None:
         self.gateway = gateway
         self.netns = netns_name

@@ -29,7 +29,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import dns.exception
 import dns.name
@@ -38,17 +38,14 @@ import dns.rcode
 import dns.tsig
 import dns.update
 from prometheus_client import Counter, Gauge
-from sqlalchemy import func, select
-
 from labgate.config import DdnsConfig, GatewayConfig, Settings
+from labgate.dataplane.kernel import read_namespace_addresses
 from labgate.dataplane.netns import NamespaceError, NamespaceWorker
-from labgate.db.models import Forward
-from labgate.events import Event
-
-if TYPE_CHECKING:
-    from labgate.dataplane.reconcile import Dataplane
-    from labgate.db.session import Database
-    from labgate.workers.events import EventBus
+from labgate.dataplane.reconcile import Dataplane
+from labgate.db import queries
+from labgate.db.session import Database
+from labgate.events import CONTROL_CHARS, Event, Publisher
+from labgate.periodic import Periodic
 
 log = logging.getLogger("labgate.ddns")
 
@@ -58,7 +55,6 @@ DDNS_FAILING = Gauge("labgate_ddns_failing", "1 while the records of this target
 # Machine names become one DNS label: hostname rules (RFC 1123), lower case.
 MACHINE_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 MACHINES_PER_MESSAGE = 50  # keeps an update message far below 64 KiB and BIND's per-update limits
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class DdnsFailure(Exception):
@@ -104,9 +100,9 @@ def explain(exc: BaseException, cfg: DdnsConfig, zone: str) -> str:
     if isinstance(exc, OSError):
         return f"cannot reach {server}: {exc.strerror or type(exc).__name__}"
     if isinstance(exc, ValueError):  # key_file unreadable or changed into something invalid
-        return _CONTROL.sub(" ", str(exc))[:300]
+        return CONTROL_CHARS.sub(" ", str(exc))[:300]
     if isinstance(exc, dns.exception.DNSException):
-        return f"DNS error with {server}: {type(exc).__name__}: {_CONTROL.sub(' ', str(exc))[:200]}"
+        return f"DNS error with {server}: {type(exc).__name__}: {CONTROL_CHARS.sub(' ', str(exc))[:200]}"
     return f"{type(exc).__name__} talking to {server}"
 
 
@@ -152,9 +148,7 @@ def read_interface_address(ifname: str) -> str:
 
 def read_default_route_address() -> str:
     """What external_address "auto" means: the default route's preferred address (as the dataplane reads it)."""
-    from labgate.dataplane.reconcile import GatewayDataplane
-
-    _, preferred = GatewayDataplane._read_addresses()
+    _, preferred = read_namespace_addresses()
     if preferred is None:
         raise DdnsFailure("external_address is 'auto' but the namespace has no global IPv4 address")
     return str(preferred)
@@ -197,8 +191,8 @@ class _Machines(_Target):
 class DdnsUpdater:
     """The DDNS worker of one labgate process (see the module docstring)."""
 
-    def __init__(self, settings: Settings, db: "Database", dataplane: "Dataplane | None" = None,
-                 bus: "EventBus | None" = None) -> None:
+    def __init__(self, settings: Settings, db: Database, dataplane: Dataplane | None = None,
+                 bus: Publisher | None = None) -> None:
         assert settings.ddns is not None
         self.cfg: DdnsConfig = settings.ddns
         self.settings = settings
@@ -213,10 +207,7 @@ class DdnsUpdater:
                                                        source=self._source(gw))
         self.machines = _Machines(key="machines", zone=self.cfg.machine_zone) if self.cfg.machine_zone else None
         self._workers: dict[str, NamespaceWorker] = {}
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.cycles = 0
+        self._loop = Periodic("ddns", self._sleep_time, self.run_once, logger=log, failure_event="ddns_cycle_failed")
 
     @staticmethod
     def _source(gw: GatewayConfig) -> str:
@@ -226,32 +217,15 @@ class DdnsUpdater:
 
     # --- lifecycle -------------------------------------------------------------------------------------------------
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="ddns", daemon=True)
-        self._thread.start()
-
-    def trigger(self) -> None:
-        """Look again now instead of waiting out check_interval (backoffs still apply)."""
-        self._wake.set()
+        """Run a pass now, then again after every `_sleep_time()` on the "ddns" thread."""
+        self._loop.start()
 
     def stop(self, timeout: float = 10) -> None:
         """Stop the thread. Published records stay: a restart must not make names flap."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._loop.stop(timeout)
         for worker in self._workers.values():
             worker.close()
         self._workers.clear()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:  # noqa: BLE001 - the worker must outlive anything
-                log.exception("event=ddns_cycle_failed")
-            self.cycles += 1
-            self._wake.wait(self._sleep_time())
-            self._wake.clear()
 
     def _sleep_time(self) -> float:
         """check_interval, or less when a retry is due sooner."""
@@ -268,10 +242,10 @@ class DdnsUpdater:
     def run_once(self) -> None:
         """One pass: every gateway record, then the machine records."""
         for rec in self.records.values():
-            if self._stop.is_set():
+            if self._loop.stopping:
                 return
             self._check_gateway(rec)
-        if self.machines is not None and not self._stop.is_set():
+        if self.machines is not None and not self._loop.stopping:
             self._check_machines(self.machines)
 
     # --- outcomes --------------------------------------------------------------------------------------------------
@@ -416,10 +390,7 @@ class DdnsUpdater:
 
     def _fingerprint(self, hosts: dict[str, str]) -> tuple:
         """Changes whenever a forward is created, changed or deleted (count, highest id, latest update)."""
-        with self.db.reader() as s:
-            row = s.execute(select(func.count(), func.max(Forward.id), func.max(Forward.updated_at))
-                            .select_from(Forward)).one()
-        return tuple(row) + (tuple(sorted(hosts.items())),)
+        return queries.forwards_fingerprint(self.db) + (tuple(sorted(hosts.items())),)
 
     def desired_machines(self, hosts: dict[str, str] | None = None) -> tuple[dict[str, tuple[tuple[str, ...],
                                                                                              tuple[str, ...]]],
@@ -430,11 +401,7 @@ class DdnsUpdater:
         hosts = self._gateway_hosts() if hosts is None else hosts
         zone = dns.name.from_text(self.machines.zone)
         taken = {dns.name.from_text(gw.dns_name) for gw in self.settings.gateway if gw.dns_name}
-        with self.db.reader() as s:
-            rows = s.execute(select(Forward.name, Forward.gateway, Forward.protocol, Forward.external_port,
-                                    Forward.port_count, Forward.target_address, Forward.target_port)
-                             .where(Forward.name.is_not(None), Forward.enabled.is_(True))
-                             .order_by(Forward.id)).all()
+        rows = queries.named_enabled_forwards(self.db)
         addresses: dict[str, set[str]] = {}
         texts: dict[str, set[str]] = {}
         skipped: set[str] = set()

@@ -1,5 +1,5 @@
-"""Events and their delivery: the Event record, and the EventBus that keeps the recent ones and feeds each sink
-through a bounded queue and a thread of its own.
+"""Delivery of events: the EventBus keeps the recent ones and feeds each sink through a bounded queue and a
+thread of its own. What an event is lives in labgate/events.py; the transports in workers/sinks/.
 
     bus = EventBus(build_sinks(settings.sink)); bus.start()
     bus.publish(Event.new("connection", gateway="lab", forward_id=12, ...))   # never blocks, never raises
@@ -12,26 +12,19 @@ A sink that fails or hangs only ever delays its own queue.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import random
-import re
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import dataclass, replace
 from itertools import islice
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Mapping, Sequence, Union
+from typing import Sequence
 
 from prometheus_client import Counter, Gauge
 
 from labgate.events import CONTROL_CHARS, Event
-
-if TYPE_CHECKING:
-    from labgate.workers.sinks import Sink
+from labgate.workers.sinks.base import DeliveryError, Sink
 
 log = logging.getLogger("labgate.events")
 
@@ -41,19 +34,11 @@ SINK_DROPPED = Counter("labgate_sink_dropped_total", "Events a sink dropped (buf
 SINK_RETRIES = Counter("labgate_sink_retries_total", "Failed delivery attempts (each one is retried)", ["sink"])
 SINK_QUEUE = Gauge("labgate_sink_queue", "Events waiting in a sink's buffer", ["sink"])
 
-@dataclass(frozen=True)
-class DeliveryPolicy:
-    """How the bus feeds one sink: buffer size, batch size, retry backoff, and which kinds it wants (None = all)."""
-
-    buffer: int = 10_000
-    max_batch: int = 100
-    retry_initial: float = 0.5
-    retry_max: float = 30.0
-    kinds: frozenset[str] | None = None
-
 
 @dataclass(frozen=True)
 class SinkStats:
+    """One sink's counters and state as EventBus.stats() reports them."""
+
     name: str
     type: str
     queued: int
@@ -64,17 +49,6 @@ class SinkStats:
     last_error: str | None
     last_error_at: float | None  # Unix time
     connected: bool
-
-
-class DeliveryError(Exception):
-    """A sink could not deliver a batch; `delivered` events at its start did arrive (they are not sent again).
-
-    Sinks may raise any exception: the bus treats it as DeliveryError(delivered=0) and retries the whole batch.
-    The message is logged and shown in stats(), so it must never contain a secret or an event's payload."""
-
-    def __init__(self, message: str, delivered: int = 0) -> None:
-        super().__init__(message)
-        self.delivered = delivered
 
 
 def _error_text(exc: BaseException) -> str:
@@ -91,7 +65,7 @@ class _Channel:
     everything held for the sink. If publish evicts events of that batch meanwhile (buffer full), they count as
     delivered if the send succeeded and as dropped otherwise: the counters are exact."""
 
-    def __init__(self, sink: "Sink", warn_interval: float) -> None:
+    def __init__(self, sink: Sink, warn_interval: float) -> None:
         self.sink = sink
         self.name = sink.name
         policy = sink.policy
@@ -117,6 +91,7 @@ class _Channel:
         self._last_drop_log = float("-inf")
         self._stop_at: float | None = None  # monotonic deadline, set by stop()
         self._abandoned = False
+        self._finished = False  # _finish() has counted what was left; the thread is only closing the sink
         self.unflushed = 0  # events still queued when the worker ended (counted as dropped)
         self.thread: threading.Thread | None = None
         self._m_delivered = SINK_DELIVERED.labels(self.name)
@@ -187,16 +162,19 @@ class _Channel:
                 self._m_retries.inc()
             return True
 
-    def _sleep(self, seconds: float) -> None:
-        """Back off, but never past the stop deadline (stop() wakes us to recompute)."""
+    def _sleep(self, seconds: float) -> bool:
+        """Back off; False when the worker must end instead: abandoned, or stop() was called and its deadline
+        comes before the retry would (stop() wakes us to recompute), so no retry is left to wait for."""
         end = time.monotonic() + seconds
         with self._cond:
             while not self._abandoned:
-                limit = end if self._stop_at is None else min(end, self._stop_at)
+                if self._stop_at is not None and end >= self._stop_at:
+                    return False
                 now = time.monotonic()
-                if now >= limit:
-                    return
-                self._cond.wait(limit - now)
+                if now >= end:
+                    return True
+                self._cond.wait(end - now)
+            return False
 
     def _log_drops(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -251,11 +229,13 @@ class _Channel:
                     delay = self.retry_initial
                 else:
                     # Equal jitter: half the delay fixed, half random, so many gateways do not retry in step.
-                    self._sleep(delay / 2 + random.uniform(0, delay / 2))
+                    if not self._sleep(delay / 2 + random.uniform(0, delay / 2)):
+                        break
                     delay = min(delay * 2, self.retry_max)
             except Exception:  # noqa: BLE001 - a bug here must not end delivery for good
                 log.exception("event=sink_worker_error sink=%s", self.name)
-                self._sleep(delay)
+                if not self._sleep(delay):
+                    break
         self._finish()
 
     def _finish(self) -> None:
@@ -263,6 +243,7 @@ class _Channel:
         with self._cond:
             if self._abandoned:
                 return
+            self._finished = True
             left = len(self._queue)
             self._queue.clear()
             self._count_drops(left, overflow=False)
@@ -283,8 +264,12 @@ class _Channel:
             self._cond.notify_all()
 
     def abandon(self) -> int:
-        """The worker is stuck past the deadline: count what it holds as dropped and unblock its transport."""
+        """The worker is stuck past the deadline: count what it holds as dropped and unblock its transport.
+
+        A worker that already counted what was left (it is only closing its sink) is not stuck: nothing to do."""
         with self._cond:
+            if self._finished:
+                return 0
             # The batch in the stuck send is still queued; events evicted from it were not counted yet.
             left = len(self._queue) + self._evicted
             self._queue.clear()
@@ -321,7 +306,7 @@ class EventBus:
     `first_seq` defaults to the current Unix time in microseconds, so seq keeps increasing across restarts (at
     fewer than a million events per second) and a client polling recent(since_seq=...) never sees it go back."""
 
-    def __init__(self, sinks: Sequence["Sink"] = (), *, recent_size: int = 10_000, first_seq: int | None = None,
+    def __init__(self, sinks: Sequence[Sink] = (), *, recent_size: int = 10_000, first_seq: int | None = None,
                  warn_interval: float = 60.0) -> None:
         names = [s.name for s in sinks]
         if len(set(names)) != len(names):

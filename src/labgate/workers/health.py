@@ -12,14 +12,12 @@ import logging
 from collections import defaultdict
 from datetime import datetime, timezone
 
-from sqlalchemy import delete, select
-
 from labgate.config import Settings
 from labgate.dataplane.netns import NamespaceError
-from labgate.db.models import AddressHealth, Forward, ForwardState
+from labgate.db import queries
+from labgate.db.models import AddressHealth, ForwardState
 from labgate.db.session import Database
-from labgate.events import Event
-from labgate.workers.events import EventBus
+from labgate.events import Event, Publisher
 from labgate.workers.probe import NamespaceProbe, probe_in_namespace
 
 log = logging.getLogger("labgate.health")
@@ -27,7 +25,7 @@ PORT_DOWN_STATES = ("refused", "timeout", "unreachable")
 
 
 class HealthMonitor:
-    def __init__(self, settings: Settings, db: Database, bus: EventBus | None = None, *, down_after: int = 2,
+    def __init__(self, settings: Settings, db: Database, bus: Publisher | None = None, *, down_after: int = 2,
                  timeout: float = 1.0, attempts: int = 2) -> None:
         self.settings = settings
         self.db = db
@@ -43,12 +41,10 @@ class HealthMonitor:
         total = 0.0
         for gw in self.settings.gateway:
             with self.db.reader() as s:
-                rows = s.execute(select(Forward.id, Forward.owner, Forward.name, Forward.protocol, Forward.enabled,
-                                        Forward.target_address, Forward.target_port)
-                                 .where(Forward.gateway == gw.name)).all()
+                rows = queries.probe_targets(s, gw.name)
             if not rows:
                 with self.db.writer() as s:
-                    s.execute(delete(AddressHealth).where(AddressHealth.gateway == gw.name))
+                    queries.delete_gateway_health(s, gw.name)
                     s.commit()
                 continue
             addresses = sorted({r.target_address for r in rows})
@@ -71,7 +67,7 @@ class HealthMonitor:
             owners[r.target_address][r.owner].add(r.name or "")
         changes: list[tuple[str, str, str, float | None]] = []
         with self.db.writer() as s:
-            known = {h.address: h for h in s.scalars(select(AddressHealth).where(AddressHealth.gateway == gateway))}
+            known = queries.address_health_rows(s, gateway)
             for address, result in probe.icmp.items():
                 h = known.pop(address, None)
                 if h is None:
@@ -114,7 +110,7 @@ class HealthMonitor:
             if r.protocol == "tcp" and r.enabled:
                 by_target[(r.target_address, r.target_port)].append(r.id)
         ids = [i for group in by_target.values() for i in group]
-        states = {st.forward_id: st for st in s.scalars(select(ForwardState).where(ForwardState.forward_id.in_(ids)))}
+        states = queries.forward_states_by_id(s, ids)
         for target, result in probe.tcp.items():
             for fid in by_target.get(target, []):
                 st = states.get(fid)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
-from sqlalchemy import select
-
 from labgate.dataplane.reconcile import Dataplane, DataplaneError
+from labgate.db import queries
 from labgate.db.models import Forward, ForwardState
 from labgate.db.session import Database
 
@@ -50,10 +49,8 @@ class UsageCollector:
         with self.db.reader() as s:
             for i in range(0, len(ids), CHUNK):
                 chunk = ids[i:i + CHUNK]
-                existing = set(s.scalars(select(Forward.id).where(Forward.id.in_(chunk),
-                                                                   Forward.gateway == gateway)))
-                states = {st.forward_id: st for st in s.scalars(
-                    select(ForwardState).where(ForwardState.forward_id.in_(existing)))}
+                existing = queries.existing_forward_ids(s, gateway, chunk)
+                states = queries.forward_states_by_id(s, existing)
                 for fid in chunk:
                     if fid not in existing:
                         continue  # deleted since the kernel was last synced

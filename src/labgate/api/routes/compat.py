@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from labgate.core.compat import PortmapQuery, TokenVerifier, VlabError, VlabService, from_labgate, no_quota
 from labgate.core.errors import LabgateError
-from labgate.core.service import Labgate
+from labgate.service import Labgate
 from labgate.core.tokens import Principal
 
 log = logging.getLogger("labgate.api.compat")
@@ -109,7 +109,7 @@ def _required_int(body: dict[str, Any], key: str, *, numeric_text: bool = False)
 def build_router(lg: Labgate) -> APIRouter:
     """The compat routes for service `lg`; raises ValueError when [compat] is not enabled and complete."""
     verifier = TokenVerifier(lg.settings.compat)
-    vlab = VlabService(lg, lg.settings.compat_gateway)
+    vlab = VlabService(lg.forwards, lg.settings.compat_gateway)
     router = APIRouter(tags=[TAG])
 
     async def serve(request: Request, handler: Handler) -> JSONResponse:

@@ -6,15 +6,16 @@ from fastapi import APIRouter
 
 from labgate.api.deps import LabgateDep, PrincipalDep
 from labgate.api.schemas import GatewayOut
+from labgate.core.gateways import list_gateways as gateways_view
+from labgate.core.views import GatewayView
 
 router = APIRouter(prefix="/api/v1/gateways", tags=["gateways"])
 
 
 @router.get("", response_model=list[GatewayOut])
-def list_gateways(lg: LabgateDep, who: PrincipalDep) -> list[dict]:
-    gateways = lg.forwards.gateways()
-    for g in gateways:
-        cfg = lg.settings.get_gateway(g["name"])
-        g["dns_name"] = cfg.dns_name if cfg else None
-        g["ddns"] = lg.ddns.gateway_status(g["name"]) if lg.ddns is not None else None
+def list_gateways(lg: LabgateDep, who: PrincipalDep) -> list[GatewayView]:
+    gateways = gateways_view(lg.settings, lg.db, lg.dataplane)
+    if lg.ddns is not None:
+        for g in gateways:
+            g.ddns = lg.ddns.gateway_status(g.name)
     return gateways

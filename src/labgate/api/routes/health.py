@@ -5,11 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from sqlalchemy import select
-
-from labgate.db.models import AddressHealth, Forward, ForwardState
-
 from labgate.api.deps import LabgateDep, PrincipalDep
+from labgate.db.queries import targets_down, used_forwards
 
 router = APIRouter(tags=["health"])
 
@@ -22,7 +19,7 @@ def healthz(lg: LabgateDep) -> dict:
 
 
 class ForwardUsageCollector:
-    """Per-forward usage and health from the database, built at scrape time (no state kept between scrapes)."""
+    """Per-forward usage and targets down, read from the database at scrape time (no state between scrapes)."""
 
     def __init__(self, lg) -> None:
         self.lg = lg
@@ -35,22 +32,14 @@ class ForwardUsageCollector:
         last = GaugeMetricFamily("labgate_forward_last_used_timestamp_seconds", "When a forward last carried traffic",
                                  labels=labels)
         down = GaugeMetricFamily("labgate_targets_down", "Target addresses currently down", labels=["gateway"])
-        with self.lg.db.reader() as s:
-            rows = s.execute(select(Forward.id, Forward.gateway, Forward.owner, Forward.name, ForwardState.connections,
-                                    ForwardState.packets, ForwardState.bytes, ForwardState.last_used_at)
-                             .join(ForwardState, ForwardState.forward_id == Forward.id)
-                             .where(ForwardState.connections > 0))
-            for r in rows:
-                values = [str(r.id), r.gateway, r.owner, r.name or ""]
-                conns.add_metric(values, r.connections)
-                packets.add_metric(values, r.packets)
-                nbytes.add_metric(values, r.bytes)
-                if r.last_used_at is not None:
-                    last.add_metric(values, r.last_used_at.timestamp())
-            counts: dict[str, int] = {g.name: 0 for g in self.lg.settings.gateway}
-            for gateway, in s.execute(select(AddressHealth.gateway).where(AddressHealth.state == "down")):
-                counts[gateway] = counts.get(gateway, 0) + 1
-        for gateway, n in counts.items():
+        for r in used_forwards(self.lg.db):
+            values = [str(r.forward_id), r.gateway, r.owner, r.name or ""]
+            conns.add_metric(values, r.connections)
+            packets.add_metric(values, r.packets)
+            nbytes.add_metric(values, r.bytes)
+            if r.last_used_at is not None:
+                last.add_metric(values, r.last_used_at.timestamp())
+        for gateway, n in targets_down(self.lg.db, (g.name for g in self.lg.settings.gateway)).items():
             down.add_metric([gateway], n)
         return [conns, packets, nbytes, last, down]
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from labgate.api.deps import LabgateDep, PrincipalDep
 from labgate.api.routes.pagination import Limit, Offset, page
 from labgate.api.schemas import MachinePage
+from labgate.core.machines import list_machines as machines_view
 
 router = APIRouter(prefix="/api/v1/machines", tags=["machines"])
 
@@ -25,5 +26,5 @@ def list_machines(
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> dict:
-    machines = lg.forwards.machines(who, name=name, kind=kind, owner=owner, status=status)
+    machines = machines_view(lg.db, lg.dataplane, who, name=name, kind=kind, owner=owner, status=status)
     return page(request, len(machines), machines[offset:offset + limit], limit, offset)

@@ -1,0 +1,150 @@
+"""The read queries other layers need, in one place: the committed rules a gateway must have, a forward's labels
+for events, per-forward state, counts per gateway, the per-forward series /metrics shows, and what the workers
+(health, usage, ddns) read. Writes stay with their owners (core's commands, the workers' recorders) through ORM
+sessions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterable, Iterator
+
+from sqlalchemy import Row, String, delete, func, select, type_coerce
+from sqlalchemy.orm import Session
+
+from labgate.db.models import AddressHealth, Forward, ForwardState, PortAllocation
+from labgate.db.session import Database
+
+# The columns the kernel rule of a forward is made from; allowed_sources as raw JSON text (decoded only if set).
+RULE_COLUMNS = (Forward.id, Forward.protocol, Forward.external_port, Forward.target_address, Forward.target_port,
+                Forward.port_count, type_coerce(Forward.allowed_sources, String).label("allowed_sources"))
+
+
+def enabled_rule_rows(s: Session, gateway: str) -> Iterator:
+    """Rows (RULE_COLUMNS) of the gateway's enabled forwards, by id, through `s` (its pending changes included)."""
+    return iter(s.execute(select(*RULE_COLUMNS).where(Forward.gateway == gateway, Forward.enabled.is_(True))
+                          .order_by(Forward.id)))
+
+
+@dataclass(frozen=True)
+class ForwardLabels:
+    """What an event about a forward names: its gateway, owner and machine name."""
+
+    gateway: str
+    owner: str
+    name: str | None
+
+
+def forward_labels(db: Database, forward_id: int) -> ForwardLabels | None:
+    with db.reader() as s:
+        row = s.execute(select(Forward.gateway, Forward.owner, Forward.name).where(Forward.id == forward_id)).first()
+    return None if row is None else ForwardLabels(row.gateway, row.owner, row.name)
+
+
+def forward_states(s: Session, forwards: list[Forward]) -> tuple[dict[int, ForwardState],
+                                                                 dict[tuple[str, str], AddressHealth]]:
+    """Usage and port health per forward id, address health per (gateway, address): one query each."""
+    if not forwards:
+        return {}, {}
+    ids = [f.id for f in forwards]
+    states = {st.forward_id: st for st in s.scalars(select(ForwardState).where(ForwardState.forward_id.in_(ids)))}
+    addresses = {f.target_address for f in forwards}
+    health = {(h.gateway, h.address): h for h in s.scalars(
+        select(AddressHealth).where(AddressHealth.address.in_(addresses)))}
+    return states, health
+
+
+def ports_taken(db: Database) -> dict[tuple[str, str], int]:
+    """{(gateway, protocol): allocated ports}."""
+    with db.reader() as s:
+        return {(g, p): n for g, p, n in s.execute(
+            select(PortAllocation.gateway, PortAllocation.protocol, func.count()).group_by(
+                PortAllocation.gateway, PortAllocation.protocol))}
+
+
+def forwards_per_gateway(db: Database) -> dict[str, int]:
+    with db.reader() as s:
+        return dict(s.execute(select(Forward.gateway, func.count()).group_by(Forward.gateway)).all())
+
+
+@dataclass(frozen=True)
+class UsageSeries:
+    forward_id: int
+    gateway: str
+    owner: str
+    name: str | None
+    connections: int
+    packets: int
+    bytes: int
+    last_used_at: datetime | None
+
+
+def used_forwards(db: Database) -> list[UsageSeries]:
+    """Every forward that has carried at least one connection, with its totals (for /metrics)."""
+    with db.reader() as s:
+        rows = s.execute(select(Forward.id, Forward.gateway, Forward.owner, Forward.name, ForwardState.connections,
+                                ForwardState.packets, ForwardState.bytes, ForwardState.last_used_at)
+                         .join(ForwardState, ForwardState.forward_id == Forward.id)
+                         .where(ForwardState.connections > 0))
+        return [UsageSeries(*r) for r in rows]
+
+
+def targets_down(db: Database, gateways: Iterable[str]) -> dict[str, int]:
+    """{gateway: number of its target addresses currently down} (0 for every gateway named)."""
+    counts = {g: 0 for g in gateways}
+    with db.reader() as s:
+        for gateway, in s.execute(select(AddressHealth.gateway).where(AddressHealth.state == "down")):
+            counts[gateway] = counts.get(gateway, 0) + 1
+    return counts
+
+
+def port_holder(s: Session, gateway: str, protocol: str, first: int, last: int) -> int | None:
+    """The forward holding one of ports first..last, if any."""
+    return s.scalar(select(PortAllocation.forward_id).where(
+        PortAllocation.gateway == gateway, PortAllocation.protocol == protocol,
+        PortAllocation.port.between(first, last)))
+
+
+# --- the workers' reads (health, usage, ddns) ---------------------------------------------------------------------
+def probe_targets(s: Session, gateway: str) -> list[Row]:
+    """Every forward of the gateway (id, owner, name, protocol, enabled, target_address, target_port), through `s`."""
+    return s.execute(select(Forward.id, Forward.owner, Forward.name, Forward.protocol, Forward.enabled,
+                            Forward.target_address, Forward.target_port)
+                     .where(Forward.gateway == gateway)).all()
+
+
+def delete_gateway_health(s: Session, gateway: str) -> None:
+    """Delete every address_health row of the gateway in `s` (the caller commits)."""
+    s.execute(delete(AddressHealth).where(AddressHealth.gateway == gateway))
+
+
+def address_health_rows(s: Session, gateway: str) -> dict[str, AddressHealth]:
+    """{address: AddressHealth} of the gateway, loaded into `s`."""
+    return {h.address: h for h in s.scalars(select(AddressHealth).where(AddressHealth.gateway == gateway))}
+
+
+def forward_states_by_id(s: Session, ids: Iterable[int]) -> dict[int, ForwardState]:
+    """{forward_id: ForwardState} of the forwards `ids` that have a state row, loaded into `s`."""
+    return {st.forward_id: st for st in s.scalars(select(ForwardState).where(ForwardState.forward_id.in_(ids)))}
+
+
+def existing_forward_ids(s: Session, gateway: str, ids: Iterable[int]) -> set[int]:
+    """Which of `ids` still exist as forwards of the gateway, through `s`."""
+    return set(s.scalars(select(Forward.id).where(Forward.id.in_(ids), Forward.gateway == gateway)))
+
+
+def forwards_fingerprint(db: Database) -> tuple:
+    """(count, highest id, latest updated_at) of all forwards: changes whenever one is created, changed or deleted."""
+    with db.reader() as s:
+        row = s.execute(select(func.count(), func.max(Forward.id), func.max(Forward.updated_at))
+                        .select_from(Forward)).one()
+    return tuple(row)
+
+
+def named_enabled_forwards(db: Database) -> list[Row]:
+    """Enabled forwards that have a name, by id (name, gateway, protocol, ports, target): for machine records."""
+    with db.reader() as s:
+        return s.execute(select(Forward.name, Forward.gateway, Forward.protocol, Forward.external_port,
+                                Forward.port_count, Forward.target_address, Forward.target_port)
+                         .where(Forward.name.is_not(None), Forward.enabled.is_(True))
+                         .order_by(Forward.id)).all()

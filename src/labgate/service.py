@@ -1,0 +1,127 @@
+"""The assembly of a running labgate: settings, database, dataplane, the domain services and the background
+workers, wired together here (and only here), started and stopped together.
+
+Layers (docs/design.md): api -> core -> (db, dataplane); workers beside core, fed through interfaces (core
+publishes events to a Publisher; workers read the database and the dataplane); config and events at the bottom.
+This module is the top: it is the only one that knows every layer.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from labgate.config import GatewayConfig, Settings
+from labgate.core.forwards import ForwardService
+from labgate.core.rules import CommittedRules
+from labgate.dataplane.kernel import NamespaceKernel
+from labgate.dataplane.reconcile import Dataplane, KernelFactory
+from labgate.db.migrate import upgrade
+from labgate.db.queries import forward_labels
+from labgate.db.session import Database
+from labgate.events import Event
+from labgate.periodic import Periodic
+from labgate.workers.connections import ConnectionWatcher
+from labgate.workers.ddns import DdnsUpdater
+from labgate.workers.events import EventBus
+from labgate.workers.health import HealthMonitor
+from labgate.workers.sinks import build_sinks
+from labgate.workers.usage import UsageCollector
+
+log = logging.getLogger("labgate")
+
+CONNTRACK_FIX = "install conntrack (Debian: apt-get install conntrack) and run labgate with CAP_NET_ADMIN in the " \
+                "gateway's namespace"
+
+
+def namespace_kernels(cfg: GatewayConfig) -> NamespaceKernel:
+    return NamespaceKernel(cfg.netns)
+
+
+class ForwardLabels:
+    """gateway/owner/name of a forward for connection events, cached (ids are never reused) and forgotten when a
+    forward event says it changed. Also the Publisher core is handed: it passes every event on to the bus."""
+
+    def __init__(self, db: Database, bus: EventBus) -> None:
+        self.db = db
+        self.bus = bus
+        self._cache: dict[int, dict[str, Any]] = {}
+
+    def publish(self, event: Event) -> Event | None:
+        if event.kind == "forward" and isinstance(event.fields.get("forward_id"), int):
+            self._cache.pop(event.fields["forward_id"], None)  # type: ignore[arg-type]
+        return self.bus.publish(event)
+
+    def lookup(self, forward_id: int) -> dict[str, Any] | None:
+        cached = self._cache.get(forward_id)
+        if cached is None:
+            labels = forward_labels(self.db, forward_id)
+            if labels is None:
+                return None
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            cached = self._cache[forward_id] = {"gateway": labels.gateway, "owner": labels.owner,
+                                                "name": labels.name}
+        return cached
+
+
+class Labgate:
+    """One labgate process's state. `start()` migrates, restores the kernel from the database, starts the loops.
+
+    `kernels` chooses the kernel of each gateway: by default the real namespace (dataplane = "nft") or none
+    (dataplane = "none": API only); tests pass the in-memory fake (labgate.dataplane.fake.FakeKernel)."""
+
+    def __init__(self, settings: Settings, *, kernels: KernelFactory | None = None) -> None:
+        self.settings = settings
+        self.db = Database(settings.server.database)
+        self.bus = EventBus(build_sinks(settings.sink))
+        self.labels = ForwardLabels(self.db, self.bus)
+        if kernels is None and settings.server.dataplane == "nft":
+            kernels = namespace_kernels
+        self.dataplane = Dataplane(settings.gateway, CommittedRules(self.db), kernels=kernels,
+                                   interval=settings.server.reconcile_interval,
+                                   full_interval=settings.server.full_resync_interval)
+        self.forwards = ForwardService(settings, self.db, self.dataplane, publisher=self.labels)
+        self.usage = UsageCollector(self.db, self.dataplane)
+        self.health = HealthMonitor(settings, self.db, self.bus)
+        # Dynamic DNS ([ddns], docs/ddns.md): only when configured; it needs no kernel dataplane.
+        self.ddns = DdnsUpdater(settings, self.db, self.dataplane, self.bus) if settings.ddns is not None else None
+        self.workers: list = []
+        self.started = False
+
+    @property
+    def dataplane_enabled(self) -> bool:
+        return any(gw.kernel is not None for gw in self.dataplane.gateways.values())
+
+    def start(self) -> None:
+        upgrade(self.db.engine)
+        # Restore the kernel from the database before serving: a restart brings back exactly the committed rules.
+        if not self.dataplane.reconcile_once():
+            for gw in self.dataplane.gateways.values():
+                if gw.last_error:
+                    log.error("event=gateway_not_ready gateway=%s error=%r (retrying in the background)",
+                              gw.cfg.name, gw.last_error)
+        self.dataplane.start()
+        self.bus.start()
+        if self.settings.server.dataplane == "nft" and self.dataplane_enabled:
+            self.workers.append(Periodic("usage", self.settings.server.usage_interval, self.usage.collect_once))
+            self.workers.append(Periodic("health", self.settings.server.health_interval, self.health.check_once))
+            for gw in self.settings.gateway:
+                gwdp = self.dataplane.gateways[gw.name]
+                self.workers.append(ConnectionWatcher(
+                    gw.name, gw.netns, self.bus, self.labels.lookup,
+                    report=lambda message, gwdp=gwdp: gwdp.set_problem("connection_events", message, CONNTRACK_FIX)))
+        if self.ddns is not None:
+            self.workers.append(self.ddns)
+        for worker in self.workers:
+            worker.start()
+        self.started = True
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.workers.clear()
+        self.dataplane.stop()
+        self.bus.stop(timeout=5)
+        self.db.dispose()
+        self.started = False
