@@ -1,5 +1,6 @@
 """API tests: a real labgate server (uvicorn on a free loopback port) over a real SQLite file, spoken to over real
-HTTP with httpx. The dataplane is "none", so nothing here needs root or touches the kernel."""
+HTTP with httpx. Each gateway has the in-memory kernel (labgate.dataplane.fake, given by tests/harness.py), so the
+whole sync path runs while nothing here needs root or touches the real kernel."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import sqlite3
 import time
 import uuid
 import warnings
@@ -25,9 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from labgate.config import CompatConfig, ConfigError, GatewayConfig, ServerConfig, Settings, load_settings
-from labgate.core.compat import from_labgate
-from labgate.core.errors import DataplaneUnavailable
-from tests.api.conftest import FORWARDS, Api, db_count, db_rows, gw
+from tests.api.conftest import FORWARDS, Api, db_count, db_file, db_rows, gw
 from tests.harness import Server, running_server
 
 PORTMAP = "/api/1/ipam/portmap"
@@ -457,6 +456,30 @@ def test_addr_lookup(vlab: Vlab) -> None:
     failed(cli.get(ADDR, params={"addr": "10.9.0.5; rm -rf /"}), 400, "IPv4")
 
 
+def test_addr_lookup_routable_follows_the_health_checks(vlab: Vlab) -> None:
+    """"routable" ("Connectable" in `vlab status`) from the address states the health checks record: True when
+    every address of the machine is up, False when one is down, None while one is undecided. The states are
+    written straight into the database, as the health worker does after its probes (which need root)."""
+    cli = vlab.cli("alice")
+    for addr, name in (("10.9.0.5", "c1"), ("10.9.0.15", "c1"), ("10.9.0.7", "w1"), ("10.9.0.8", "u1"),
+                       ("10.9.0.9", "m1"), ("10.9.0.10", "m1")):
+        map_port(cli, addr, 22, name, "CentOS")
+    states = {"10.9.0.5": "up", "10.9.0.15": "down", "10.9.0.7": "up", "10.9.0.9": "up", "10.9.0.10": "unknown"}
+    con = sqlite3.connect(db_file(vlab.url), timeout=30)
+    try:
+        with con:
+            con.executemany("INSERT INTO address_health (gateway, address, state, failures) VALUES (?, ?, ?, 0)",
+                            [("default", a, st) for a, st in states.items()])
+            # the same address on another gateway says nothing about this one
+            con.execute("INSERT INTO address_health (gateway, address, state, failures) "
+                        "VALUES ('elsewhere', '10.9.0.8', 'down', 3)")
+    finally:
+        con.close()
+    assert {name: m["routable"] for name, m in ok(cli.get(ADDR)).items()} == {
+        "c1": False, "w1": True, "u1": None, "m1": None}
+    assert ok(cli.get(ADDR, params={"addr": "10.9.0.5"}), {"addr": "10.9.0.5"})["c1"]["routable"] is True
+
+
 def status_quota_lines(quota: dict[str, Any], vm_count: int) -> list[str]:
     """What `vlab status` (vlab_cli/subcommands/status.py, 2021.3.2) prints from the quota answer, with the same
     operations on the values: "soft-limit" printed as the VM quota and compared with the number of VMs (a warning
@@ -730,11 +753,6 @@ def test_full_range_is_409_in_the_envelope(sqlite_url: str, keys: Keys) -> None:
         failed(cli.post(PORTMAP, json={**GOOD, "target_port": 3389}), 409, "no free")
         ok(delete(cli, {"conn_port": 4000}))
         assert map_port(cli, "10.9.0.5", 3389, "c1", "CentOS") == 4000  # the freed port is found again
-
-
-def test_kernel_refusal_maps_to_the_originals_500() -> None:
-    err = from_labgate(DataplaneUnavailable("the kernel refused the change"))
-    assert (err.status, err.message) == (500, "the kernel refused the change")
 
 
 # --- one set of forwards for both APIs ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from typing import Any, Iterator
 
 import pytest
@@ -19,8 +20,15 @@ def patch(api: Api, fid: int, **changes: Any):
     return api.alice.patch(f"{FORWARDS}/{fid}", json=changes)
 
 
+def clock_past(moment: datetime) -> None:
+    """Wait until this host's clock reads later than `moment`, so that a change made now carries a later time."""
+    deadline = time.monotonic() + 5
+    while datetime.now(timezone.utc) <= moment:
+        assert time.monotonic() < deadline, f"the clock does not pass {moment}"
+
+
 def test_patch_description_is_reflected_and_bumps_updated_at(api: Api, fwd: dict) -> None:
-    time.sleep(0.01)
+    clock_past(parse_time(fwd["updated_at"]))
     resp = patch(api, fwd["id"], description="new words")
     assert resp.status_code == 200, resp.text
     out = resp.json()

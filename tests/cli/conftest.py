@@ -1,5 +1,5 @@
-"""CLI and SDK tests: a real labgate server (uvicorn on a free loopback port, real SQLite file, dataplane "none"),
-spoken to by the SDK in this process and by `python -m labgate` run as a real subprocess.
+"""CLI and SDK tests: a real labgate server (uvicorn on a free loopback port, real SQLite file, the in-memory
+kernel), spoken to by the SDK in this process and by `python -m labgate` run as a real subprocess.
 
 The subprocess gets a controlled environment: HOME and the client config inside tmp_path, COLUMNS=200, and a PATH
 made of a folder of stand-in client programs (ssh, xfreerdp, ...) that record their argv, plus the folder of the
@@ -229,7 +229,7 @@ def assert_cli_error(res: Result, exit_code: int, *message_parts: str, hint: str
 # --- stand-in client programs --------------------------------------------------------------------------------------
 STANDIN = """#!/bin/sh
 # labgate test stand-in: append this program's name and argv as one JSON line to the record file.
-{rest}{{
+{{
   printf '["%s"' "${{0##*/}}"
   for a in "$@"; do printf ',"%s"' "$a"; done
   printf ']\\n'
@@ -243,11 +243,10 @@ class Standins:
     bindir: Path
     record: Path
 
-    def install(self, *names: str, delay: float = 0) -> None:
-        rest = f"/bin/sleep {delay}\n" if delay else ""
+    def install(self, *names: str) -> None:
         for name in names:
             p = self.bindir / name
-            p.write_text(STANDIN.format(record=self.record, rest=rest))
+            p.write_text(STANDIN.format(record=self.record))
             p.chmod(0o755)
 
     def remove(self, name: str) -> None:
@@ -257,6 +256,29 @@ class Standins:
         if not self.record.exists():
             return []
         return [json.loads(line) for line in self.record.read_text().splitlines()]
+
+    def running(self) -> list[int]:
+        """Pids of stand-ins still running (their command line names a script in our folder)."""
+        prefix = f"{self.bindir}{os.sep}".encode()
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                except OSError:  # gone meanwhile (or not ours to read)
+                    continue
+                if any(arg.startswith(prefix) for arg in argv):
+                    pids.append(int(entry))
+        return pids
+
+    def nothing_launched(self) -> bool:
+        """No client was started by a `labgate` run that has returned, proven without waiting: a detached client
+        is exec'd before the CLI goes on (Popen returns after the exec), and a stand-in writes its record before it
+        exits. So with the CLI gone, a client it launched is either still running or already recorded: none running
+        (looked at first) and no record (read after) mean none was launched."""
+        running = self.running()
+        assert running == [], f"stand-ins still running: {running}"
+        return self.calls() == []
 
     def wait_calls(self, n: int = 1, timeout: float = 5.0) -> list[list[str]]:
         """Detached GUI clients start asynchronously: poll the record file."""

@@ -1,12 +1,12 @@
 """`labgate connect NAME --protocol P`: finds (or creates) the machine's forward and launches the client found on
 PATH. The clients are stand-ins (#!/bin/sh scripts) that append their argv as one JSON line to a record file; PATH
 holds only their folder and the Python interpreter's. Every launched argv is asserted exactly, which also proves
-that no password ever appears on a command line."""
+that no password ever appears on a command line. "Nothing was launched" is shown without waiting (no stand-in
+running, no record: see Standins.nothing_launched)."""
 
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,17 +33,12 @@ def conn(logged_in: Cli, standins: Standins, vm: Vm) -> Cli:
     return logged_in
 
 
-def nothing_launched(standins: Standins, wait: float = 0.3) -> bool:
-    time.sleep(wait)
-    return standins.calls() == []
-
-
 # --- ssh: interactive, in the foreground -----------------------------------------------------------------------------
 def test_ssh_runs_in_the_foreground_with_exact_argv(conn: Cli, standins: Standins, vm: Vm) -> None:
-    standins.install("ssh", delay=0.3)  # finishes (and records) only after 0.3 s
-    res = conn("connect", "vm1", "--protocol", "ssh", "--user", "alice")
-    assert res.returncode == 0, res
-    # No polling: labgate waited for ssh, so the record is already there.
+    res = conn("connect", "vm1", "--protocol", "ssh", "--user", "alice", LG_STANDIN_EXIT="42")
+    # labgate exits with ssh's status, known only once ssh has ended: it waited for ssh. So the record ssh writes
+    # before it ends is already there (no polling).
+    assert res.returncode == 42, res
     assert standins.calls() == [["ssh", "-p", str(vm.ports[22]), f"alice@{EXTERNAL}"]]
 
 
@@ -94,7 +89,7 @@ def test_scp_without_filezilla_prints_the_scp_command(conn: Cli, standins: Stand
     res = conn("connect", "vm1", "-p", "scp", "-u", "alice")
     assert res.returncode == 0, res
     assert res.stdout == f"scp -P {vm.ports[22]} FILE alice@{EXTERNAL}:\n"
-    assert nothing_launched(standins)
+    assert standins.nothing_launched()
 
 
 # --- per-kind target ports --------------------------------------------------------------------------------------------
@@ -137,7 +132,7 @@ def test_print_shows_the_command_and_launches_nothing(conn: Cli, standins: Stand
     assert rdp.ok().stdout == f"xfreerdp /v:{EXTERNAL}:{vm.ports[3389]}\n"
     assert https.ok().stdout == f"https://{EXTERNAL}:{vm.ports[443]}/\n"
     assert scp.ok().stdout == f"scp -P {vm.ports[22]} FILE {EXTERNAL}:\n"
-    assert nothing_launched(standins)
+    assert standins.nothing_launched()
 
 
 def test_print_shows_the_command_that_would_run(conn: Cli, standins: Standins, vm: Vm) -> None:
@@ -147,7 +142,7 @@ def test_print_shows_the_command_that_would_run(conn: Cli, standins: Standins, v
     standins.remove("xfreerdp")
     res = conn("connect", "vm1", "-p", "rdp", "--print").ok()
     assert res.stdout == f"remmina -c rdp://{EXTERNAL}:{vm.ports[3389]}\n"
-    assert nothing_launched(standins)
+    assert standins.nothing_launched()
 
 
 # --- --create ---------------------------------------------------------------------------------------------------------
@@ -176,14 +171,14 @@ def test_missing_forward_without_create_exits_3(logged_in: Cli, lab: Lab, standi
     assert_cli_error(no_rdp, 3, "machine 'half' has no enabled forward to port 3389 (rdp)",
                      hint="labgate connect half --protocol rdp --create")
     assert len(lab.forwards()) == 1
-    assert nothing_launched(standins)
+    assert standins.nothing_launched()
 
 
 def test_disabled_forward_is_not_used(conn: Cli, lab: Lab, standins: Standins, vm: Vm) -> None:
     (ssh,) = lab.forwards(name="vm1", target_port=22)
     assert lab.http["alice"].patch(f"/api/v1/forwards/{ssh['id']}", json={"enabled": False}).status_code == 200
     assert_cli_error(conn("connect", "vm1"), 3, "no enabled forward to port 22", hint="--create")
-    assert nothing_launched(standins)
+    assert standins.nothing_launched()
 
 
 # --- nothing installed ------------------------------------------------------------------------------------------------
@@ -203,7 +198,7 @@ def test_nothing_installed_says_what_to_install_and_prints_the_command(conn: Cli
         lines = res.stdout.splitlines()
         assert install in res.stdout and "no " in lines[0], res
         assert lines[-1] == command, res
-    assert nothing_launched(standins, wait=0)
+    assert standins.nothing_launched()
 
 
 # --- context host, protocols, passwords -------------------------------------------------------------------------------
@@ -215,7 +210,7 @@ def test_context_host_overrides_the_dialled_host(cli: Cli, lab: Lab, standins: S
 
 def test_unknown_protocol_exits_2(conn: Cli, standins: Standins) -> None:
     assert_cli_error(conn("connect", "vm1", "-p", "telnet"), 2, "unknown protocol 'telnet'", hint="ssh")
-    assert nothing_launched(standins, wait=0)
+    assert standins.nothing_launched()
 
 
 def test_there_is_no_password_option(conn: Cli, standins: Standins) -> None:
@@ -223,7 +218,7 @@ def test_there_is_no_password_option(conn: Cli, standins: Standins) -> None:
     assert "--user" in help_text and "password" not in help_text.lower()
     res = conn("connect", "vm1", "--password", "hunter2")
     assert res.returncode == 2 and res.stdout == ""
-    assert nothing_launched(standins, wait=0)
+    assert standins.nothing_launched()
 
 
 # --- several matching forwards (issue 9: `connect` silently picked one) --------------------------------------------
@@ -281,7 +276,7 @@ def test_same_name_different_machines_is_refused_with_the_list(logged_in: Cli, l
     assert f"#{a['id']} on gateway default port {a['external_port']} -> 10.9.0.5:22" in message
     assert f"#{b['id']} on gateway default port {b['external_port']} -> 10.9.0.6:22" in message
     assert f"--id {a['id']}" in hint
-    assert nothing_launched(standins, wait=0)
+    assert standins.nothing_launched()
     res = logged_in("connect", "twin", "--id", str(b["id"]), "-u", "u1")
     assert res.returncode == 0, res
     assert standins.calls() == [["ssh", "-p", str(b["external_port"]), f"u1@{EXTERNAL}"]]
@@ -292,4 +287,4 @@ def test_id_that_does_not_match_exits_3(logged_in: Cli, lab: Lab, standins: Stan
     other = lab.create(name="vm9", target_port=3389)
     assert_cli_error(logged_in("connect", "vm9", "--id", str(other["id"])), 3, f"forward {other['id']}",
                      f"#{ssh['id']}", hint="forward ls")
-    assert nothing_launched(standins, wait=0)
+    assert standins.nothing_launched()

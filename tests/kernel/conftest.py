@@ -1,5 +1,9 @@
 """Kernel tests: real nftables in namespaces these tests create and remove. They need root, nft, ip and conntrack;
-when those are missing the tests fail (never skip), so a CI run cannot pass without exercising the kernel."""
+when those are missing the tests fail (never skip), so a CI run cannot pass without exercising the kernel.
+
+Every module here says `pytestmark = pytest.mark.kernel` (checked below), so `pytest -m "not kernel"` leaves them
+all out and runs, as any user, every test that needs no root. A test that needs no root belongs in another folder
+(tests/unit when it is pure)."""
 
 from __future__ import annotations
 
@@ -18,7 +22,10 @@ REQUIRED = ("nft", "ip", "conntrack")
 
 
 @pytest.fixture(autouse=True)
-def _kernel_prerequisites():
+def _kernel_prerequisites(request: pytest.FixtureRequest):
+    if request.node.get_closest_marker("kernel") is None:
+        pytest.fail(f"{request.node.nodeid} is a kernel test without the kernel marker: add "
+                    "`pytestmark = pytest.mark.kernel` to its module", pytrace=False)
     missing = [b for b in REQUIRED if shutil.which(b) is None and not os.path.exists(f"/usr/sbin/{b}")]
     if os.geteuid() != 0 or missing:
         pytest.fail(f"kernel tests need root and {', '.join(REQUIRED)} (missing: {missing or 'root'}); "

@@ -10,12 +10,15 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from labgate.core.tokens import create_token
 from labgate.db.migrate import upgrade
 from labgate.db.session import Database
 from tests.harness import free_port
 from tests.kernel.conftest import kernel_ids
+
+pytestmark = pytest.mark.kernel
 
 
 def start_server(config, log):

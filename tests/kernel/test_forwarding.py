@@ -13,6 +13,8 @@ from tests.conftest import make_settings
 from tests.harness import running_server
 from tests.kernel.conftest import gateway_for, kernel_ids, nft_tables
 
+pytestmark = pytest.mark.kernel
+
 M1, M2 = 0, 1  # indexes into lab.machine_addresses
 
 

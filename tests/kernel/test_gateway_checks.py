@@ -9,12 +9,15 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from labgate.lab import Service, in_netns, netns_exec, tcp_request
 from tests.conftest import make_settings
 from tests.harness import free_port, stop_process
 from tests.harness import running_server
 from tests.kernel.conftest import gateway_for
+
+pytestmark = pytest.mark.kernel
 
 
 def ip_forward(ns: str) -> str:

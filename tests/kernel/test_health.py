@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
 from labgate.lab import Service
 from tests.conftest import make_settings
 from tests.harness import running_server
 from tests.kernel.conftest import gateway_for
+
+pytestmark = pytest.mark.kernel
 
 
 def test_targets_turn_down_and_up_with_a_threshold_and_bad_records_are_listed(lab, tmp_path):

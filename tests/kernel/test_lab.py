@@ -14,6 +14,8 @@ from labgate import lab as labmod
 from labgate.lab import (LabError, Service, TcpSession, create_lab, destroy_lab, list_labs, netns_exec, tcp_request,
                          udp_request)
 
+pytestmark = pytest.mark.kernel
+
 _prefixes: list[str] = []
 
 
@@ -112,11 +114,10 @@ def test_client_cannot_reach_the_lab_without_a_route_and_forwarding_works_with_o
     with Service.start_tcp_echo(lab.lab_ns, m1, 22), Service.start_udp_echo(lab.lab_ns, m1, 53):
         # The machine's service is up (the gateway, on the lab segment, reaches it)...
         assert tcp_request(lab.gateway_ns, m1, 22, "gw") == f"{m1}:gw"
-        # ...but the client has no route: it fails at once, not after a timeout.
-        started = time.monotonic()
+        # ...but the client has no route to it (the kernel says so, rather than a request timing out)...
+        assert netns_exec(lab.client_ns, ["ip", "route", "get", m1]).returncode != 0
         assert tcp_request(lab.client_ns, m1, 22, "x", timeout=2) is None
         assert udp_request(lab.client_ns, m1, 53, "x", timeout=2) is None
-        assert time.monotonic() - started < 1
         # With a route (inside the client namespace only), the gateway forwards: ip_forward is on.
         netns_exec(lab.client_ns, ["ip", "route", "add", lab.lab_network, "via", lab.external_address], check=True)
         reply = tcp_request(lab.client_ns, m1, 22, "routed")
@@ -232,18 +233,6 @@ def test_a_taken_name_is_refused_and_not_removed():
         assert squatter not in list_labs("lgt")
     finally:
         subprocess.run(["ip", "netns", "delete", squatter], check=True)
-
-
-def test_invalid_arguments_build_nothing():
-    before = namespaces()
-    for bad in ("", "-x", "with space", "x" * 12, "a/b"):
-        with pytest.raises(ValueError):
-            create_lab(bad)
-    with pytest.raises(ValueError):
-        create_lab(new_prefix(), subnet_index=200)
-    with pytest.raises(TypeError):
-        netns_exec("whatever", "ls -l")  # type: ignore[arg-type]
-    assert namespaces() == before
 
 
 def test_two_labs_coexist(built, built2):

@@ -1,5 +1,9 @@
 """Reachability probes against real namespaces: ICMP and TCP from inside a gateway namespace, a lab going away and
-coming back, ICMP errors, and a few hundred addresses at once.  Needs root (conftest fails the run otherwise)."""
+coming back, ICMP errors, and a few hundred addresses at once.  Needs root (conftest fails the run otherwise).
+
+No test here times the probes: how long a cycle takes is measured by bench/probe_cycle.py. Where "at once" is the
+point (an ICMP error, no route), the probe is given a timeout three times longer than the test waits for its
+answer, so a probe that waited for silence could not pass."""
 
 from __future__ import annotations
 
@@ -13,13 +17,15 @@ import uuid
 
 import pytest
 
-from labgate.dataplane.netns import NamespaceError, NamespaceWorker
+from labgate.dataplane.netns import NamespaceWorker
 from labgate.lab import Service, create_lab, destroy_lab, in_netns, remove_namespace
 from labgate.workers.probe import IcmpResult, icmp_probe, probe_in_namespace, tcp_probe
 
+pytestmark = pytest.mark.kernel
+
 TIMEOUT = 0.5
 ATTEMPTS = 2
-SLACK = 1.0
+SILENCE = 30.0              # a probe timeout three times longer than `without_waiting` waits
 DEAD = "10.9.0.77"          # inside the lab network, nobody has it
 NO_ROUTE = "10.200.0.1"     # the gateway namespace has no route there
 _prefixes: list[str] = []
@@ -61,6 +67,17 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def without_waiting(probe, bound: float = SILENCE / 3):
+    """The result of `probe()`, which is given SILENCE as its timeout: it must end on what it learns (an error, a
+    reply), not on silence. Waits for it at most `bound` seconds, a third of the shortest wait for silence."""
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(probe()), daemon=True)
+    thread.start()
+    thread.join(bound)
+    assert out, "the probe waited for its timeout instead of ending on the answer it had"
+    return out[0]
+
+
 # ----------------------------------------------------------------------------------------------------------- ICMP
 
 
@@ -68,9 +85,7 @@ def test_gateway_sees_lab_machines_alive_and_unused_address_down(lab):
     worker = NamespaceWorker(lab.gateway_ns)
     try:
         addresses = ["10.9.0.5", DEAD, "10.9.0.6", "10.9.0.5", "not-an-ip", "::ffff:10.9.0.6"]
-        started = time.monotonic()
         found = worker.run(lambda: icmp_probe(addresses, timeout=TIMEOUT, attempts=ATTEMPTS))
-        elapsed = time.monotonic() - started
     finally:
         worker.close()
 
@@ -82,14 +97,12 @@ def test_gateway_sees_lab_machines_alive_and_unused_address_down(lab):
     assert found[DEAD] == IcmpResult(DEAD, False, None, "timeout")
     assert found["not-an-ip"] == IcmpResult("not-an-ip", False, None, "invalid address")
     assert not found["::ffff:10.9.0.6"].alive       # an IPv6 address (v4-mapped): the namespace has no IPv6 route
-    assert TIMEOUT * ATTEMPTS - 0.05 <= elapsed < TIMEOUT * ATTEMPTS + SLACK
 
 
 def test_client_namespace_cannot_see_the_lab(lab):
-    started = time.monotonic()
-    report = probe_in_namespace(lab.client_ns, lab.machine_addresses, [(lab.machine_addresses[0], 22)],
-                                timeout=TIMEOUT, attempts=ATTEMPTS)
-    assert time.monotonic() - started < SLACK      # no route: known at once, nothing to wait for
+    # No route: known at once, nothing to wait for.
+    report = without_waiting(lambda: probe_in_namespace(
+        lab.client_ns, lab.machine_addresses, [(lab.machine_addresses[0], 22)], timeout=SILENCE, attempts=ATTEMPTS))
     for address in lab.machine_addresses:
         result = report.icmp[address]
         assert not result.alive and not result.inconclusive
@@ -106,9 +119,19 @@ def test_icmp_error_from_a_router_makes_the_address_down_at_once(lab):
     ip("-n", lab.lab_ns, "route", "add", "unreachable", "10.66.1.0/24")
     in_netns(lab.lab_ns, lambda: open("/proc/sys/net/ipv4/ip_forward", "w").write("1"))
 
-    started = time.monotonic()
-    report = probe_in_namespace(lab.gateway_ns, ["10.66.1.1", "10.9.0.5"], timeout=2.0, attempts=3)
-    assert time.monotonic() - started < 1.0        # not 2 s x 3 attempts
+    # Count what is sent to the address: one request, answered by the error, is never retried.
+    rules = """table ip lgprobe {
+      chain out {
+        type filter hook output priority 0; policy accept;
+        ip daddr 10.66.1.1 icmp type echo-request counter
+      }
+    }"""
+    subprocess.run(["ip", "netns", "exec", lab.gateway_ns, "nft", "-f", "-"], input=rules, text=True, check=True)
+    report = without_waiting(lambda: probe_in_namespace(lab.gateway_ns, ["10.66.1.1", "10.9.0.5"], timeout=SILENCE,
+                                                        attempts=3))
+    listing = subprocess.run(["ip", "netns", "exec", lab.gateway_ns, "nft", "list", "table", "ip", "lgprobe"],
+                             capture_output=True, text=True, check=True).stdout
+    assert re.findall(r"counter packets (\d+)", listing) == ["1"], listing
     assert report.icmp["10.66.1.1"] == IcmpResult("10.66.1.1", False, None, "host unreachable (from 10.9.0.5)")
     assert report.icmp["10.9.0.5"].alive
 
@@ -124,9 +147,7 @@ def test_refused_sends_are_retried_then_inconclusive_not_down(lab):
       }
     }"""
     subprocess.run(["ip", "netns", "exec", lab.gateway_ns, "nft", "-f", "-"], input=rules, text=True, check=True)
-    started = time.monotonic()
     found = in_netns(lab.gateway_ns, lambda: icmp_probe(["10.9.0.5", "10.9.0.6"], timeout=TIMEOUT))
-    assert time.monotonic() - started < TIMEOUT * ATTEMPTS + SLACK
     listing = subprocess.run(["ip", "netns", "exec", lab.gateway_ns, "nft", "list", "table", "ip", "lgprobe"],
                              capture_output=True, text=True, check=True).stdout
     dropped = [int(n) for n in re.findall(r"counter packets (\d+)", listing)]
@@ -158,11 +179,6 @@ def test_two_probes_in_one_namespace_at_once_do_not_mix_replies(lab):
     assert {a: r.alive for a, r in results["b"].items()} == {DEAD: False, "10.9.0.6": True, "10.9.0.5": True}
 
 
-def test_missing_namespace_raises():
-    with pytest.raises(NamespaceError):
-        probe_in_namespace("lgp-no-such-ns", ["10.9.0.5"])
-
-
 # ------------------------------------------------------------------------------------------------------------ TCP
 
 
@@ -172,9 +188,7 @@ def test_tcp_open_refused_timeout_unreachable(lab):
         targets = [("10.9.0.5", 7100), ("10.9.0.5", 7101), (DEAD, 7100), (NO_ROUTE, 80), ("10.9.0.6", 7100),
                    ("10.9.0.5", 7100), ("bad", 1), ("10.9.0.5", 70000)]
         fds = open_fds()
-        started = time.monotonic()
         found = in_netns(lab.gateway_ns, lambda: tcp_probe(targets, timeout=TIMEOUT))
-        elapsed = time.monotonic() - started
         assert open_fds() == fds                    # every socket closed
         assert service.running                      # a probe (closed with a reset) does not hurt the service
     finally:
@@ -188,7 +202,6 @@ def test_tcp_open_refused_timeout_unreachable(lab):
                       ("10.9.0.5", 70000): "error"}
     assert found[("10.9.0.5", 7100)].rtt_ms is not None and found[("10.9.0.5", 7101)].rtt_ms is not None
     assert found[(DEAD, 7100)].rtt_ms is None
-    assert TIMEOUT - 0.05 <= elapsed < TIMEOUT + SLACK
 
 
 def test_tcp_concurrency_limit_still_probes_everything(lab):
@@ -259,9 +272,6 @@ def test_hundreds_of_addresses(lab):
     dead += [str(ipaddress.IPv4Address("10.99.0.1") + i) for i in range(160)]
     addresses = [a for pair in zip(live, dead) for a in pair]
 
-    started = time.monotonic()
     report = probe_in_namespace(lab.gateway_ns, addresses, timeout=TIMEOUT, attempts=ATTEMPTS, rate=5000)
-    elapsed = time.monotonic() - started
     assert sorted(a for a, r in report.icmp.items() if r.alive) == sorted(live)
     assert all(report.icmp[a].error == "timeout" and not report.icmp[a].inconclusive for a in dead)
-    assert elapsed < len(addresses) * 1.5 / 5000 + TIMEOUT * ATTEMPTS + SLACK

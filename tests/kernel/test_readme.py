@@ -21,6 +21,8 @@ import pytest
 from labgate.lab import in_netns, remove_namespace
 from tests.harness import free_port, require, stop_process
 
+pytestmark = pytest.mark.kernel
+
 ROOT = Path(__file__).resolve().parents[2]
 MARK = "<!-- run by tests/kernel/test_readme.py -->"
 BIN = Path(sys.executable).parent

@@ -5,11 +5,14 @@ from __future__ import annotations
 import subprocess
 import time
 
+import pytest
+
 from labgate.lab import Service, tcp_request, udp_request
-from labgate.workers.connections import parse_event
 from tests.conftest import make_settings
 from tests.harness import running_server
 from tests.kernel.conftest import gateway_for
+
+pytestmark = pytest.mark.kernel
 
 
 def settings_for(lab, tmp_path):
@@ -102,13 +105,3 @@ def test_each_forwarded_connection_is_an_event_with_its_forward_owner_and_endpoi
     finally:
         for s in svcs:
             s.stop()
-
-
-def test_parse_conntrack_new_line():
-    line = ("[1795430874.505624]\t    [NEW] ipv4     2 tcp      6 120 SYN_SENT src=198.51.100.2 dst=198.51.100.1 "
-            "sport=45068 dport=4000 [UNREPLIED] src=10.9.0.5 dst=198.51.100.2 sport=22 dport=45068 mark=7 id=28719")
-    ev = parse_event(line)
-    assert ev is not None and (ev.protocol, ev.src_ip, ev.src_port, ev.dst_port, ev.target_ip, ev.target_port,
-                               ev.mark) == ("tcp", "198.51.100.2", 45068, 4000, "10.9.0.5", 22, 7)
-    assert parse_event("[DESTROY] tcp 6 src=1.2.3.4") is None
-    assert parse_event("garbage") is None

@@ -3,8 +3,8 @@ that appear and follow the address (configured, and read from an interface insid
 records that come and go with forwards made through the real API, a wrong key that is reported and changes
 nothing, a server that is down and then up, hmac-sha512, and `labgate ddns status`.
 
-When named is missing (or, for the namespace test, root) these tests fail under CI=true and are skipped otherwise
-(install: apt-get install bind9 bind9-utils bind9-dnsutils)."""
+When named is missing these tests fail under CI=true and are skipped otherwise (install: apt-get install bind9
+bind9-utils bind9-dnsutils). They need no root, except the namespace test, which carries the `kernel` marker."""
 
 from __future__ import annotations
 
@@ -113,6 +113,7 @@ def test_gateway_record_appears_and_is_refreshed(bind: Bind, tmp_path: Path, key
     cfg = ddns(bind.port, bind.keys[key].file, refresh=1.0)
     assert cfg.key_name == key and cfg.key_algorithm == bind.keys[key].algorithm  # from the BIND key file
     s = settings(tmp_path, cfg, [gateway(dns_name=name, external_address="198.51.100.7")])
+    started = time.time()
     with served(s) as (srv, admin):
         wait_until(lambda: bind.query(name, "A") == ["198.51.100.7"], what="the gateway's A record")
         g = wait_until(lambda: (g := gw_status(admin))["ddns"]["address_published"] and g, what="status")
@@ -120,7 +121,7 @@ def test_gateway_record_appears_and_is_refreshed(bind: Bind, tmp_path: Path, key
         d = g["ddns"]
         assert d["name"] == name and d["source"] == "config" and d["address"] == "198.51.100.7"
         assert d["address_published"] == "198.51.100.7" and d["last_error"] is None and d["failures"] == 0
-        assert abs(d["last_update_at"] - time.time()) < 10
+        assert started <= d["last_update_at"] <= time.time()  # a Unix time, of this update
         [published] = ddns_events(admin, "published")
         assert published["name"] == name and published["address"] == "198.51.100.7" and published["previous"] is None
 
@@ -155,6 +156,7 @@ def namespace() -> Iterator[str]:
         subprocess.run(["ip", "netns", "delete", ns], capture_output=True, timeout=10)
 
 
+@pytest.mark.kernel  # creates a network namespace: root
 def test_record_follows_the_address_of_an_interface_in_the_gateways_namespace(bind: Bind, tmp_path: Path,
                                                                               namespace: str) -> None:
     ns = namespace

@@ -24,7 +24,6 @@ class PortPool:
         self.gateway = gateway
         self.protocol = protocol
         self.ranges = sorted(ranges)
-        self.size = sum(hi - lo + 1 for lo, hi in self.ranges)
         self._used = bytearray(65536)
         self._loaded = False
         self._lock = threading.Lock()
@@ -68,11 +67,3 @@ class PortPool:
     def release(self, start: int, count: int) -> None:
         with self._lock:
             self._used[start:start + count] = bytes(count)
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self._loaded = False
-
-    def free(self) -> int:
-        with self._lock:
-            return sum((hi - lo + 1) - sum(self._used[lo:hi + 1]) for lo, hi in self.ranges)
