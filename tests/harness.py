@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import httpx
-import uvicorn
 
 from labgate.api.app import create_app
+from labgate.api.http import make_server
 from labgate.config import GatewayConfig, Settings
 from labgate.dataplane.fake import FakeKernel
 from labgate.service import Labgate
@@ -91,10 +91,9 @@ def running_server(settings: Settings, *, api_only: bool = False) -> Iterator[Se
     settings.server.listen = f"127.0.0.1:{port}"
     fake = settings.server.dataplane == "none" and not api_only
     lg = Labgate(settings, kernels=fake_kernels(settings) if fake else None)
-    tls = {"ssl_certfile": settings.server.tls_cert_file, "ssl_keyfile": settings.server.tls_key_file} \
-        if settings.server.tls_cert_file else {}
-    config = uvicorn.Config(create_app(lg), host="127.0.0.1", port=port, log_level="warning", lifespan="on", **tls)
-    server = uvicorn.Server(config)
+    # The server `labgate serve` runs (TLS, connection bound, header/body deadlines), on this process's limits.
+    server = make_server(create_app(lg), settings.server, host="127.0.0.1", port=port, log_level="warning",
+                         lifespan="on")
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

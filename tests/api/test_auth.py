@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from labgate.core.tokens import hash_token, list_tokens, revoke_token
+from labgate.core.tokens import create_token, hash_token, list_tokens, revoke_token
 from tests.api.conftest import FORWARDS, Api, assert_error, db_file, db_rows
 
 
@@ -104,3 +104,94 @@ def test_tokens_are_stored_only_as_hashes(api: Api) -> None:
         # the part after the prefix neither (no other encoding of the secret)
         assert secret[3:].encode() not in data
         assert hash_token(secret).encode() in data, "the hash should be what is stored (are we reading the DB?)"
+
+
+# --- roles (issue 11: admin, user, readonly, metrics) --------------------------------------------------------------
+ROLES = ("admin", "user", "readonly", "metrics")
+OK = {"GET": 200, "POST": 201, "PATCH": 200, "DELETE": 204}
+# endpoint kind -> the roles allowed (everyone else: 403 `forbidden`)
+ALLOWED = {"read": {"admin", "user", "readonly"}, "write": {"admin", "user"}, "admin": {"admin"},
+           "metrics": {"admin", "user", "readonly", "metrics"}}
+
+
+def role_endpoints(fid: int, doomed_fid: int, doomed_token: int) -> list[tuple[str, str, dict | None, str]]:
+    """Every authenticated endpoint of the API, with the kind of access it needs. `fid` and `doomed_fid` are the
+    caller's own forwards; `doomed_token` a token the call may revoke."""
+    return [
+        ("GET", FORWARDS, None, "read"),
+        ("GET", f"{FORWARDS}/{fid}", None, "read"),
+        ("GET", "/api/v1/machines", None, "read"),
+        ("GET", "/api/v1/gateways", None, "read"),
+        ("GET", "/api/v1/events", None, "read"),
+        ("GET", "/api/v1/ddns", None, "read"),
+        ("GET", "/metrics", None, "metrics"),
+        ("POST", FORWARDS, {"target_address": "10.9.0.6", "target_port": 22}, "write"),
+        ("PATCH", f"{FORWARDS}/{fid}", {"description": "changed"}, "write"),
+        ("DELETE", f"{FORWARDS}/{doomed_fid}", None, "write"),
+        ("GET", "/api/v1/tokens", None, "admin"),
+        ("POST", "/api/v1/tokens", {"owner": "dave"}, "admin"),
+        ("DELETE", f"/api/v1/tokens/{doomed_token}", None, "admin"),
+        ("GET", "/api/v1/audit", None, "admin"),
+    ]
+
+
+def _table_rows(url: str, table: str) -> list[tuple]:
+    """Every row of `table`; of tokens, every column but last_used_at (which a use of any token may move)."""
+    columns = "id, owner, token_hash, role, created_at, created_by, expires_at, allowed_networks, revoked, " \
+              "revoked_at" if table == "tokens" else "*"
+    con = sqlite3.connect(db_file(url), timeout=30)
+    try:
+        return con.execute(f"SELECT {columns} FROM {table} ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_role_against_every_endpoint(api: Api, role: str) -> None:
+    owner = f"{role}-owner"
+    setup = api.server.client(api.server.token(owner))  # a user token of the same owner makes their forwards
+    fid = setup.post(FORWARDS, json={"target_address": "10.9.0.5", "target_port": 22}).json()["id"]
+    doomed = setup.post(FORWARDS, json={"target_address": "10.9.0.5", "target_port": 80}).json()["id"]
+    doomed_token = _token_id(api, api.server.token("victim"))
+    caller = api.server.client(create_token(api.server.labgate.db, owner, role=role))
+    for method, path, body, kind in role_endpoints(fid, doomed, doomed_token):
+        before = (db_rows(api.url), _table_rows(api.url, "tokens"), _table_rows(api.url, "audit"))
+        resp = caller.request(method, path, json=body)
+        if role in ALLOWED[kind]:
+            assert resp.status_code == OK[method], (role, method, path, resp.text)
+        else:
+            err = assert_error(resp, 403, "forbidden")
+            assert role in err["message"], err
+            assert (db_rows(api.url), _table_rows(api.url, "tokens"), _table_rows(api.url, "audit")) == before, \
+                f"a refused {method} {path} by a {role} token changed the database"
+    setup.close()
+    caller.close()
+
+
+def test_a_readonly_token_reads_only_its_owners_forwards(api: Api) -> None:
+    mine = api.create(name="mine")
+    theirs = api.create(api.bob, name="theirs", target_port=80)
+    ro = api.server.client(create_token(api.server.labgate.db, "alice", role="readonly"))
+    assert [f["id"] for f in ro.get(FORWARDS).json()["results"]] == [mine["id"]]
+    assert ro.get(f"{FORWARDS}/{mine['id']}").json()["name"] == "mine"
+    assert_error(ro.get(f"{FORWARDS}/{theirs['id']}"), 404, "not_found")
+    assert [m["name"] for m in ro.get("/api/v1/machines").json()["results"]] == ["mine"]
+    # a write is 403 even on its own forward, and even when the body is fine
+    assert_error(ro.patch(f"{FORWARDS}/{mine['id']}", json={"enabled": False}), 403, "forbidden")
+    assert_error(ro.delete(f"{FORWARDS}/{mine['id']}"), 403, "forbidden")
+    assert api.alice.get(f"{FORWARDS}/{mine['id']}").json()["enabled"] is True
+    ro.close()
+
+
+def test_existing_admin_flag_and_principal_keep_working(api: Api) -> None:
+    from labgate.core.tokens import Principal, authenticate
+
+    admin = authenticate(api.server.labgate.db, api.tokens["root"], "127.0.0.1")
+    user = authenticate(api.server.labgate.db, api.tokens["alice"])
+    assert (admin.role, admin.admin, admin.client) == ("admin", True, "127.0.0.1")
+    assert (user.role, user.admin, user.owner, user.client) == ("user", False, "alice", None)
+    assert Principal(owner="vlab-user", admin=False).role == "user"  # how the vLab compat API builds its caller
+    assert Principal("x", True, 7).admin and Principal("x", True, 7).token_id == 7
+    # every admin keeps seeing everyone's forwards
+    api.create(api.bob, name="b1")
+    assert [f["owner"] for f in api.admin.get(FORWARDS).json()["results"]] == ["bob"]

@@ -91,9 +91,9 @@ def test_explicit_external_port_and_the_holder_named_on_conflict(api: Api) -> No
     # auto allocation is not disturbed by it and never hands it out
     assert api.create()["external_port"] == 4000
     before = db_rows(api.url)
-    err = assert_error(api.bob.post(FORWARDS, json={"target_address": "10.9.0.6", "target_port": 80,
-                                                    "external_port": 4050}), 409, "port_taken", "external_port")
-    assert err["holder"] == fwd["id"]
+    err = assert_error(api.alice.post(FORWARDS, json={"target_address": "10.9.0.6", "target_port": 80,
+                                                      "external_port": 4050}), 409, "port_taken", "external_port")
+    assert err["holder"] == fwd["id"]  # the holder is named to its owner (and to admins), never to others
     assert f"forward {fwd['id']}" in err["message"]
     assert "4050" in err["message"]
     assert db_rows(api.url) == before
@@ -207,3 +207,13 @@ def test_target_may_not_be_the_gateways_own_external_address(sqlite_url: str) ->
         assert_error(api.alice.patch(f"{FORWARDS}/{fwd['id']}", json={"target_address": "10.9.0.1"}), 422,
                      "invalid", "target_address")
         assert db_count(api.url) == 1
+
+
+def test_a_port_held_by_someone_else_is_taken_without_naming_their_forward(api: Api) -> None:
+    theirs = api.create(api.bob, external_port=4050)
+    err = api.alice.post(FORWARDS, json={"target_address": "10.9.0.5", "target_port": 22,
+                                         "external_port": 4050}).json()["error"]
+    assert err["code"] == "port_taken" and err.get("holder") is None and str(theirs["id"]) not in err["message"]
+    err = api.admin.post(FORWARDS, json={"target_address": "10.9.0.5", "target_port": 22,
+                                         "external_port": 4050}).json()["error"]
+    assert err["holder"] == theirs["id"]  # an admin is told

@@ -7,10 +7,11 @@ from __future__ import annotations
 from tests.api.conftest import FORWARDS, Api, db_count, db_rows
 
 EXT = "198.51.100.1"
+SENTINEL_KEY = "0.0.0.0 . tcp . 0"  # render.SENTINELS: in every full render, never a forward
 
 
 def ids(api: Api) -> dict[str, str | None]:
-    return api.server.kernel().elements("labgate_default", "ids")
+    return {k: v for k, v in api.server.kernel().elements("labgate_default", "ids").items() if k != SENTINEL_KEY}
 
 
 def test_every_forward_is_in_the_kernel_when_the_api_answers(api: Api) -> None:
@@ -58,14 +59,29 @@ def test_refused_patch_and_delete_change_nothing(api: Api) -> None:
     assert got["target_address"] == "10.9.0.5" and got["description"] == "old"
 
 
-def test_a_refused_partial_change_is_repaired_by_a_full_sync_in_the_same_request(api: Api) -> None:
+def test_an_element_deleted_by_hand_does_not_fail_the_next_change(api: Api) -> None:
     a = api.create(name="a")
-    api.server.kernel().refuse_matching("add element ip labgate_default ids")  # only partial batches say this
     b = api.create(name="b")
-    assert b["status"] == "active"
-    assert set(ids(api).values()) == {str(a["id"]), str(b["id"])}
-    assert "table ip labgate_default {" in api.server.kernel().batches[-1]  # the full re-render landed it
-    assert db_count(api.url) == 2
+    kernel = api.server.kernel()
+    kernel.apply(f"delete element ip labgate_default ids {{ {EXT} . tcp . {b['external_port']} }}")
+    assert api.alice.delete(f"{FORWARDS}/{b['id']}").status_code == 204  # its delete is refused, repaired, done
+    assert ids(api) == {f"{EXT} . tcp . {a['external_port']}": str(a["id"])}
+    assert db_count(api.url) == 1 and api.alice.get("/api/v1/gateways").json()[0]["status"] == "ok"
+
+
+def test_a_forward_the_kernel_refuses_is_refused_alone(api: Api) -> None:
+    """One user's change the kernel will not take must not put the gateway, and everyone's forwards, in error."""
+    a = api.create(name="a")
+    api.server.kernel().refuse_matching(" . 203.0.113.0/24")  # the kernel refuses this source element
+    resp = api.bob.post(FORWARDS, json={"target_address": "10.9.0.6", "target_port": 22,
+                                        "allowed_sources": ["203.0.113.0/24"]})
+    assert resp.status_code == 422 and "kernel refused this change" in resp.json()["error"]["message"]
+    assert db_count(api.url) == 1
+    assert api.alice.get("/api/v1/gateways").json()[0]["status"] == "ok"
+    assert api.alice.get(f"{FORWARDS}/{a['id']}").json()["status"] == "active"
+    batches = len(api.server.kernel().batches)
+    api.create(name="c")  # others' changes are partial again at once
+    assert len(api.server.kernel().batches) == batches + 1
 
 
 def test_a_table_deleted_behind_labgates_back_is_rebuilt_from_the_database(api: Api) -> None:

@@ -64,6 +64,9 @@ def test_port_taken_is_per_gateway_and_a_freed_port_returns_to_its_own_gateway(t
     a = two.create(gateway="lab1", target_address="10.9.0.5", external_port=4001)
     err = assert_error(two.bob.post(FORWARDS, json={"target_address": "10.9.0.6", "target_port": 22,
                                                     "gateway": "lab1", "external_port": 4001}), 409, "port_taken")
+    assert err.get("holder") is None  # alice's forward: not named to bob
+    err = assert_error(two.admin.post(FORWARDS, json={"target_address": "10.9.0.6", "target_port": 22,
+                                                      "gateway": "lab1", "external_port": 4001}), 409, "port_taken")
     assert err["holder"] == a["id"]
     assert two.create(two.bob, gateway="lab2", target_address="10.10.0.6", external_port=4001)["external_port"] == 4001
     assert two.alice.delete(f"{FORWARDS}/{a['id']}").status_code == 204

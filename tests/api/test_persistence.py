@@ -33,11 +33,11 @@ def test_restart_keeps_forwards_ports_tokens_and_ids(sqlite_url: str) -> None:
         assert second.bob.get(f"{FORWARDS}/{d['id']}").json() == d
         assert_error(second.alice.get(f"{FORWARDS}/{gone['id']}"), 404, "not_found")
         # taken ports stay taken: explicit requests name the holder, auto allocation skips them
-        err = assert_error(second.bob.post(FORWARDS, json={"target_address": "10.9.0.9", "target_port": 1,
-                                                           "external_port": 4002}), 409, "port_taken")
+        err = assert_error(second.admin.post(FORWARDS, json={"target_address": "10.9.0.9", "target_port": 1,
+                                                             "external_port": 4002}), 409, "port_taken")
         assert err["holder"] == b["id"]
-        err = assert_error(second.bob.post(FORWARDS, json={"target_address": "10.9.0.9", "target_port": 1,
-                                                           "protocol": "udp", "external_port": 4003}), 409,
+        err = assert_error(second.admin.post(FORWARDS, json={"target_address": "10.9.0.9", "target_port": 1,
+                                                             "protocol": "udp", "external_port": 4003}), 409,
                            "port_taken")
         assert err["holder"] == c["id"]
         fresh = second.create(target_address="10.9.0.9")

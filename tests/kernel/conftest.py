@@ -66,7 +66,9 @@ def kernel_ids(ns: str, table: str) -> dict[tuple[str, int], int]:
                           capture_output=True, text=True)
     if proc.returncode:
         return {}
-    return {(m.group(2), int(m.group(3))): int(m.group(4), 16) for m in _ELEM.finditer(proc.stdout)}
+    # The sentinel element (0.0.0.0 . tcp . 0, render.SENTINELS) is in every full render and is no forward.
+    return {(m.group(2), int(m.group(3))): int(m.group(4), 16) for m in _ELEM.finditer(proc.stdout)
+            if m.group(1) != "0.0.0.0"}
 
 
 def nft_tables(ns: str) -> list[str]:

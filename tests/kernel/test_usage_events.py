@@ -45,7 +45,9 @@ def test_usage_counts_connections_packets_bytes_and_survives_a_full_rerender(lab
             u = c.get(f"/api/v1/forwards/{used['id']}").json()["usage"]
             assert u["connections"] == 3 and u["packets"] >= 3 * 6 and u["bytes"] > 0 and u["last_used_at"]
             assert c.get(f"/api/v1/forwards/{idle['id']}").json()["usage"]["connections"] == 0
-            metrics = c.get("/metrics").text
+            with srv.client(srv.token("root", admin=True)) as admin:  # per-forward series are for admins
+                metrics = admin.get("/metrics").text
+            assert "vm1" not in c.get("/metrics").text
             assert (f'labgate_forward_connections_total{{forward_id="{used["id"]}",gateway="lab",name="vm1",'
                     f'owner="alice"}} 3.0') in metrics
             assert f'forward_id="{idle["id"]}"' not in metrics  # unused forwards add no series

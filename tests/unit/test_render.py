@@ -5,6 +5,8 @@ import ipaddress
 import pytest
 
 from labgate.dataplane.render import (
+    SENTINEL_MARK,
+    SENTINELS,
     ForwardRule,
     GatewayShape,
     merged_ranges,
@@ -43,7 +45,7 @@ def test_block_expands_port_by_port_with_matching_target_ports():
 
 def test_sources_only_for_restricted_forwards():
     text = render_gateway_table(shape(), [rule(1), rule(2, 4001, sources=["203.0.113.0/24"])])
-    assert "set restricted { type mark; elements = { 2 } }" in text
+    assert "set restricted { type mark; elements = { 2, 4294967295 } }" in text  # and the sentinel
     assert "2 . 203.0.113.0/24" in text
     sources_line = next(line for line in text.splitlines() if "set sources" in line)
     assert "{ 2 . 203.0.113.0/24 }" in sources_line and "1 . " not in sources_line
@@ -99,12 +101,22 @@ def test_no_rule_compares_a_ct_expression_with_a_literal_nft_cannot_type():
                         words[i + 1:i + 4] == ["original", "proto-dst", "@port_ranges"], line
 
 
-def test_empty_table_has_no_elements_clause():
+def test_an_empty_table_holds_only_the_sentinels():
     text = render_gateway_table(shape(), [])
     for line in text.splitlines():
-        if line.strip().startswith(("map ids", "map targets", "set restricted", "set sources")):
+        line = line.strip()
+        if line.startswith("set sources"):
             assert "elements" not in line, line
-    assert "elements" not in render_gateway_table(GatewayShape("labgate_gw", EXT, (), True), [])
+        for sentinel in SENTINELS:
+            if line.startswith((f"map {sentinel.set_name} ", f"set {sentinel.set_name} ")):
+                assert f"elements = {{ {sentinel.element} }}" in line, line
+
+
+def test_sentinels_are_never_touched_by_changes_and_never_a_forward():
+    text = render_changes(shape(), [rule(1)], [rule(2, 4001, sources=["203.0.113.0/24"])])
+    assert all(s.key not in text for s in SENTINELS)
+    with pytest.raises(ValueError):
+        ForwardRule(SENTINEL_MARK, "tcp", EXT, 4000, ipaddress.IPv4Address("10.9.0.5"), 22)
 
 
 def test_changes_delete_before_add_in_one_batch():

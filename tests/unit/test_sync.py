@@ -11,10 +11,11 @@ from prometheus_client import REGISTRY
 
 from labgate.config import GatewayConfig
 from labgate.dataplane.fake import FakeKernel
-from labgate.dataplane.reconcile import Dataplane, DataplaneError, RuleChange
+from labgate.dataplane.reconcile import ChangeRefused, Dataplane, DataplaneError, RuleChange
 from labgate.dataplane.render import ForwardRule
 
 EXT = "198.51.100.1"
+SENTINEL_KEY = "0.0.0.0 . tcp . 0"  # render.SENTINELS: in every full render, never a forward
 
 
 class Rules:
@@ -55,7 +56,7 @@ def plane():
 
 
 def ids_in_kernel(kernel: FakeKernel) -> dict[str, str | None]:
-    return kernel.elements("labgate_lab", "ids")
+    return {k: v for k, v in kernel.elements("labgate_lab", "ids").items() if k != SENTINEL_KEY}
 
 
 def metric(name: str, **labels: str) -> float | None:
@@ -79,15 +80,34 @@ def test_the_first_sync_is_full_and_later_changes_are_partial(plane):
     assert metric("labgate_last_sync_timestamp_seconds", gateway="lab") > 0
 
 
-def test_a_refused_partial_sync_falls_back_to_a_full_one_from_the_desired_state(plane):
+def test_a_partial_sync_refused_because_of_drift_is_repaired_and_the_change_lands(plane):
     dp, gw, kernel, rules = plane
+    rules.committed[1] = (4000, "10.9.0.5", 22)
+    rules.committed[2] = (4001, "10.9.0.5", 22)
     dp.reconcile_once()
-    kernel.refuse_matching("add element ip labgate_lab ids")  # the partial batch; the full render has no such line
-    pending = [rule(7, 4007)]
+    # Someone deleted forward 2's element by hand: deleting it again is refused (nft: no such element).
+    kernel.apply(f"delete element ip labgate_lab ids {{ {EXT} . tcp . 4001 }}")
     with dp.change("lab") as g:
-        assert g.sync(RuleChange.of(add=pending), desired=lambda ext: pending) == "full"
-    assert ids_in_kernel(kernel) == {f"{EXT} . tcp . 4007": "7"}
+        assert g.sync(RuleChange.of(remove=[rule(2, 4001)])) == "partial"
+        del rules.committed[2]  # the commit
+    assert ids_in_kernel(kernel) == {f"{EXT} . tcp . 4000": "1"}
+    assert "table ip labgate_lab {" in kernel.batches[-2]  # the full re-sync from the committed state came first
     assert not gw.needs_full and gw.health().status == "ok"
+
+
+def test_a_change_the_kernel_refuses_is_refused_alone_and_the_gateway_keeps_working(plane):
+    dp, gw, kernel, rules = plane
+    rules.committed[1] = (4000, "10.9.0.5", 22)
+    dp.reconcile_once()
+    kernel.refuse_matching(f"{EXT} . tcp . 4007")  # whatever batch carries this forward's element
+    with pytest.raises(ChangeRefused, match="injected"):
+        with dp.change("lab") as g:
+            g.sync(RuleChange.of(add=[rule(7, 4007)]))
+    assert ids_in_kernel(kernel) == {f"{EXT} . tcp . 4000": "1"}
+    assert not gw.needs_full and gw.health().status == "ok" and gw.last_error is None
+    # The next change is partial again: nobody else pays for the refused one.
+    with dp.change("lab") as g:
+        assert g.sync(RuleChange.of(add=[rule(8, 4008)])) == "partial"
 
 
 def test_a_refusal_changes_nothing_marks_the_gateway_and_is_recorded_once(plane, caplog):
@@ -213,3 +233,38 @@ def test_the_fake_refuses_what_nft_refuses():
         assert kernel.dump() == before
     kernel.apply("add element ip t m { 1 : 2, 5 : 6 }")  # the same data again is fine
     assert kernel.elements("t", "m") == {"1": "2", "5": "6"}
+
+
+def test_sessions_a_lost_cut_left_running_are_cut_after_the_next_full_sync(plane):
+    """The process died after a delete/retarget committed and before its sessions were cut: the next full sync
+    (at start, or after any failure) cuts every connection the committed state no longer explains, and only
+    those."""
+    from labgate.dataplane.conntrack import Connection
+
+    dp, gw, kernel, rules = plane
+    rules.committed[1] = (4000, "10.9.0.5", 22)   # kept as it was
+    rules.committed[2] = (4001, "10.9.0.7", 22)   # retargeted to .7 (its old sessions still go to .6)
+    ok = Connection("tcp", "203.0.113.9", 50001, EXT, 4000, "10.9.0.5", 22, 1)
+    retargeted = Connection("tcp", "203.0.113.9", 50002, EXT, 4001, "10.9.0.6", 22, 2)
+    deleted = Connection("tcp", "203.0.113.9", 50003, EXT, 4002, "10.9.0.5", 22, 3)    # forward 3 is gone
+    foreign = Connection("tcp", "203.0.113.9", 50004, "192.0.2.99", 80, "10.9.0.5", 80, 3)  # not ours: other dst
+    other_port = Connection("tcp", "203.0.113.9", 50005, EXT, 9999, "10.9.0.5", 22, 77)   # outside our ranges
+    kernel.conns = [ok, retargeted, deleted, foreign, other_port]
+    assert dp.reconcile_once() is True
+    assert kernel.conns == [ok, foreign, other_port]
+    kernel.conns.append(deleted)
+    assert dp.reconcile_once() is True and deleted in kernel.conns  # a clean pass lists nothing (no full sync)
+    dp.request_full_sync("lab")
+    dp.reconcile_once()
+    assert deleted not in kernel.conns
+
+
+def test_a_flushed_map_is_found_by_the_cheap_check(plane):
+    dp, gw, kernel, rules = plane
+    rules.committed[1] = (4000, "10.9.0.5", 22)
+    dp.reconcile_once()
+    kernel.apply("delete element ip labgate_lab ids "
+                 f"{{ {EXT} . tcp . 4000, {SENTINEL_KEY} }}")  # what `nft flush map` leaves: nothing
+    assert gw.check_tables() == (False, True)
+    assert dp.reconcile_once() is True
+    assert ids_in_kernel(kernel) == {f"{EXT} . tcp . 4000": "1"} and gw.check_tables() == (True, True)

@@ -14,7 +14,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from labgate import __version__
-from labgate.api.routes import compat, ddns, events, forwards, gateways, health, machines
+from labgate.api.routes import audit, compat, ddns, events, forwards, gateways, health, limits, machines, tokens
+from labgate.api.middleware import Guard, allowed_methods, document_guard_errors
 from labgate.core.errors import LabgateError, PortTaken
 from labgate.service import Labgate
 
@@ -65,8 +66,11 @@ def create_app(lg: Labgate, *, manage_lifecycle: bool = True) -> FastAPI:
     app = FastAPIOffline(title="labgate", version=__version__, lifespan=lifespan,
                          description="Self-service port forwarding into lab networks.")
     app.add_middleware(JsonBodies)
+    # Outermost (added last): the token is checked and the body limited before anything reads the body.
+    app.add_middleware(Guard, lg=lg)
     app.state.labgate = lg
-    for r in (health.router, forwards.router, machines.router, gateways.router, events.router, ddns.router):
+    for r in (health.router, forwards.router, machines.router, gateways.router, events.router, ddns.router,
+              tokens.router, audit.router, limits.router):
         app.include_router(r)
     compat.mount(app, lg)  # the vLab /api/1/ipam/* and /api/1/quota API, only when [compat] vlab_enabled = true
 
@@ -96,11 +100,24 @@ def create_app(lg: Labgate, *, manage_lifecycle: bool = True) -> FastAPI:
             # A body that cannot be decoded at all is invalid input like any other: 422, one error shape.
             return _error(422, "invalid", f"{NOT_JSON} ({exc.detail})")
         code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
+        response = _error(exc.status_code, code, str(exc.detail))
+        if exc.status_code == 405:
+            # Every method served at this path (Starlette's own Allow names only the first matching route's).
+            allow = ", ".join(allowed_methods(app.routes, _req.scope)) or (exc.headers or {}).get("Allow", "GET, HEAD")
+            response.headers["Allow"] = allow
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:
         log.exception("event=unhandled_error")
         return _error(500, "internal", "internal error; the change was not applied (see the server log)")
 
+    default_openapi = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_guard_errors(default_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -3,24 +3,36 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def _integral_float(value: Any) -> Any:
+    """22.0 is the integer 22 (JSON has one number type; JSON Schema's "integer" includes 22.0). 22.5, true and
+    "22" are left as they are, for the strict integer check to refuse."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer in a request body: a JSON integer, or a number with a zero fraction.
+Int = Annotated[int, BeforeValidator(_integral_float)]
+
+
 class ForwardCreate(Strict):
     target_address: str = Field(max_length=64, examples=["10.9.0.5"])
-    target_port: int = Field(ge=1, le=65535, examples=[22])
+    target_port: Int = Field(ge=1, le=65535, examples=[22])
     name: str | None = Field(default=None, max_length=63, examples=["centos1"])
     kind: str | None = Field(default=None, max_length=32, examples=["centos"])
     protocol: Literal["tcp", "udp"] = "tcp"
     gateway: str | None = Field(default=None, max_length=32)
-    external_port: int | None = Field(default=None, ge=1, le=65535)
-    port_count: int = Field(default=1, ge=1, le=1024)
+    external_port: Int | None = Field(default=None, ge=1, le=65535)
+    port_count: Int = Field(default=1, ge=1, le=1024)
     allowed_sources: list[str] = Field(default_factory=list, max_length=64, examples=[["203.0.113.0/24"]])
     description: str = Field(default="", max_length=255)
     enabled: bool = True
@@ -31,7 +43,7 @@ class ForwardPatch(Strict):
     enabled: bool | None = None
     allowed_sources: list[str] | None = Field(default=None, max_length=64)
     target_address: str | None = Field(default=None, max_length=64)
-    target_port: int | None = Field(default=None, ge=1, le=65535)
+    target_port: Int | None = Field(default=None, ge=1, le=65535)
     name: str | None = Field(default=None, max_length=63)
     kind: str | None = Field(default=None, max_length=32)
 
@@ -189,3 +201,55 @@ class EventOut(BaseModel):
 class EventList(BaseModel):
     count: int
     results: list[EventOut]
+
+
+Role = Literal["admin", "user", "readonly", "metrics"]
+
+
+class TokenCreate(Strict):
+    owner: str = Field(max_length=64, examples=["alice"])
+    role: Role = "user"
+    # Strict mode takes no text for a datetime by default; an RFC 3339 time with its offset is what JSON carries.
+    expires_at: Annotated[AwareDatetime | None, Field(strict=False)] = Field(
+        default=None, description="RFC 3339 time with offset, e.g. 2026-12-31T23:59:59Z; absent = never expires")
+    allowed_networks: list[str] | None = Field(default=None, max_length=64, examples=[["192.0.2.0/24"]],
+                                               description="CIDRs the token may be used from; absent = anywhere")
+
+
+class TokenOut(BaseModel):
+    id: int
+    owner: str
+    role: Role
+    created_at: datetime
+    created_by: str | None
+    expires_at: datetime | None
+    allowed_networks: list[str] | None
+    last_used_at: datetime | None
+    revoked: bool
+    revoked_at: datetime | None
+    status: Literal["active", "expired", "revoked"]
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="the secret: shown in this answer only, never again (only its hash is kept)")
+
+
+class TokenPage(Page):
+    results: list[TokenOut]
+
+
+class AuditOut(BaseModel):
+    id: int
+    time: datetime
+    actor: str                       # the owner name of the token that made the change ("local:<user>": the CLI)
+    token_id: int | None
+    client: str | None               # the peer address the request came from
+    action: str                      # forward.create|update|delete, token.create|revoke
+    object_type: str
+    object_id: int | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+
+class AuditPage(Page):
+    results: list[AuditOut]

@@ -15,7 +15,6 @@ written with mode 0600 because it holds tokens. LABGATE_URL / LABGATE_TOKEN over
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tempfile
@@ -47,50 +46,126 @@ class Context:
     host: str | None = None
 
 
+# Earlier labgate versions wrote characters outside the BMP (an emoji) as JSON surrogate pairs ("\\ud83e\\udd8a"),
+# which TOML refuses; such a file is read by joining each pair into the one character it meant.
+_SURROGATE_PAIR = re.compile(r"(?<!\\)((?:\\\\)*)\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})")
+
+
+def fix_hint(path: Path) -> str:
+    return (f"correct that place in {path} with a text editor (TOML syntax: https://toml.io); the rest of the file "
+            "can stay as it is")
+
+
+def _join_surrogates(text: str) -> str:
+    def joined(m: re.Match[str]) -> str:
+        high, low = int(m.group(2), 16), int(m.group(3), 16)
+        return f"{m.group(1)}\\U{0x10000 + ((high - 0xD800) << 10) + (low - 0xDC00):08X}"
+
+    return _SURROGATE_PAIR.sub(joined, text)
+
+
+def _check_shape(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """The file parsed, but is it shaped like a client config? Otherwise say where it is not."""
+    if "current" in data and not isinstance(data["current"], str):
+        raise ConfigError(f"{path}: 'current' must be a context name (a string)", hint=fix_hint(path))
+    for section in ("contexts", "kinds"):
+        tables = data.get(section, {})
+        if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+            raise ConfigError(f"{path}: [{section}] must hold tables like [{section}.NAME]", hint=fix_hint(path))
+    for name, table in data.get("contexts", {}).items():
+        for key in CONTEXT_KEYS:
+            if key in table and not isinstance(table[key], str):
+                raise ConfigError(f"{path}: {key} of context {name!r} must be a string", hint=fix_hint(path))
+    return data
+
+
 def load() -> dict[str, Any]:
+    """The client config, {} when there is none. An unreadable file is a ConfigError naming the file, the place
+    and how to fix it (never "delete it")."""
     path = config_path()
     try:
-        return tomllib.loads(path.read_text())
+        raw = path.read_bytes()
     except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}",
+                          hint=f"check the permissions of {path} (it should be yours, mode 0600)") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path} is not UTF-8 text (line {line}, byte {exc.start})", hint=fix_hint(path)) from None
+    try:
+        return _check_shape(path, tomllib.loads(text))
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}", hint=f"fix or remove {path}") from None
+        repaired = _join_surrogates(text)
+        if repaired != text:
+            try:
+                return _check_shape(path, tomllib.loads(repaired))
+            except tomllib.TOMLDecodeError:
+                pass
+        raise ConfigError(f"{path} is not valid TOML: {exc}", hint=fix_hint(path)) from None
 
 
-def _toml_value(value: Any) -> str:
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_string(text: str, what: str) -> str:
+    """A TOML basic string: every character as itself (emoji included, the file is UTF-8) except the quote, the
+    backslash and control characters, which are escaped. Text that is not Unicode (a lone surrogate: bytes that
+    were not UTF-8 on the command line) cannot be written and is refused."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[ch])
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04X}")
+        elif 0xD800 <= code <= 0xDFFF:
+            raise ValidationFailed(f"{what} {text!r} is not valid text (it holds bytes that are not UTF-8)",
+                                   hint="give it as UTF-8 text")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _toml_value(value: Any, what: str = "a value") -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+    return _toml_string(str(value), what)
 
 
 def _toml_key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+    return key if _BARE_KEY.fullmatch(key) else _toml_string(key, "the name")
 
 
 def dump(data: dict[str, Any]) -> str:
     lines = []
     if "current" in data:
-        lines.append(f"current = {_toml_value(data['current'])}")
+        lines.append(f"current = {_toml_value(data['current'], 'the context name')}")
     for section in ("contexts", "kinds"):
         for name, table in sorted(data.get(section, {}).items()):
             lines.append(f"\n[{section}.{_toml_key(name)}]")
             for key, value in table.items():
                 if value is not None:
-                    lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+                    lines.append(f"{_toml_key(key)} = {_toml_value(value, key)}")
     return "\n".join(lines) + "\n"
 
 
 def save(data: dict[str, Any]) -> Path:
     """Write atomically with mode 0600 (folder 0700): the file holds tokens."""
     path = config_path()
+    text = dump(data)  # before touching anything: a value that cannot be written leaves the file as it was
+    tomllib.loads(text)  # what is written can be read back, always
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config-", suffix=".toml")
     try:
         os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(dump(data))
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

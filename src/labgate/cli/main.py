@@ -9,18 +9,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from labgate.config import ConfigError, Settings, load_settings
+from labgate.cli import server
 
 app = typer.Typer(no_args_is_help=True, add_completion=True, help="Self-service port forwarding gateway.")
-token_app = typer.Typer(no_args_is_help=True, help="API tokens (run on the server: they are written to its database).")
 db_app = typer.Typer(no_args_is_help=True, help="The database schema.")
-app.add_typer(token_app, name="token")
 app.add_typer(db_app, name="db")
 
 
 def _register_client_commands() -> None:
     from labgate.cli import commands
     from labgate.cli.connect import connect
+    from labgate.cli.tokens import token_app
+
+    app.add_typer(token_app, name="token")
 
     app.command("login")(commands.handled(commands.login))
     app.command("connect")(connect)
@@ -33,25 +34,9 @@ def _register_client_commands() -> None:
 
 _register_client_commands()
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config file (default: $LABGATE_CONFIG, else built-in defaults)")]
-
-
-def _settings(config: Path | None) -> Settings:
-    try:
-        return load_settings(config)
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
-def _database(config: Path | None):
-    from labgate.db.migrate import upgrade
-    from labgate.db.session import Database
-
-    settings = _settings(config)
-    db = Database(settings.server.database)
-    upgrade(db.engine)
-    return db
+ConfigOpt = server.ConfigOpt
+_settings = server.settings
+_database = server.database
 
 
 @app.command()
@@ -59,11 +44,15 @@ def serve(
     config: ConfigOpt = None,
     listen: Annotated[Optional[str], typer.Option(help="host:port to listen on (overrides the config)")] = None,
     no_agent: Annotated[bool, typer.Option("--no-agent", help="API only: do not touch the kernel")] = False,
+    insecure: Annotated[bool, typer.Option("--insecure", help="allow plain HTTP on an address other than "
+                                           "loopback (tokens then cross the network in clear)")] = False,
 ) -> None:
-    """Run the API and the dataplane (one process)."""
-    import uvicorn
+    """Run the API and the dataplane (one process). SIGHUP re-reads the TLS certificate and key."""
+    import signal
+    import ssl
 
     from labgate.api.app import create_app
+    from labgate.api.http import make_server, raise_descriptor_limit, tls_files
     from labgate.service import Labgate
     from labgate.logs import setup_logging
 
@@ -72,12 +61,18 @@ def serve(
         settings.server.listen = listen
     if no_agent:
         settings.server.dataplane = "none"
+    if insecure:
+        settings.server.insecure_http = True
     setup_logging(settings.server.log_level)
     try:
         host, port = settings.server.host_port
     except ValueError:
         typer.echo(f"error: listen {settings.server.listen!r} is not host:port", err=True)
         raise typer.Exit(2) from None
+    refusal = server.plain_http_refusal(settings.server, host)
+    if refusal:
+        typer.echo(refusal, err=True)
+        raise typer.Exit(2)
     # Before anything touches the kernel: a second `labgate serve` on a busy port must fail without re-syncing
     # the live table of the one already running.
     problem = _listen_problem(host, port)
@@ -86,11 +81,29 @@ def serve(
         typer.echo("hint: another labgate (or other server) may already run there; stop it or use --listen",
                    err=True)
         raise typer.Exit(6)
+    try:
+        tls = tls_files(settings.server)
+    except (OSError, ssl.SSLError) as exc:
+        typer.echo(f"error: cannot load tls_cert_file {settings.server.tls_cert_file!r} and tls_key_file "
+                   f"{settings.server.tls_key_file!r}: {exc}", err=True)
+        typer.echo("hint: a PEM certificate (chain included) and its unencrypted PEM private key", err=True)
+        raise typer.Exit(2) from None
+    # As many descriptors as allowed (systemd's default soft limit is 1,024): the connection bound is derived
+    # from what we get, and the rest is kept for the database and the dataplane.
+    raise_descriptor_limit()
+    server.private_data_dir(settings.server)
     lg = Labgate(settings)
     _first_token_hint(lg, config)
-    tls = {"ssl_certfile": settings.server.tls_cert_file, "ssl_keyfile": settings.server.tls_key_file} \
-        if settings.server.tls_cert_file else {}
-    uvicorn.run(create_app(lg), host=host, port=port, log_level=settings.server.log_level, access_log=False, **tls)
+    http = make_server(create_app(lg), settings.server, host=host, port=port, log_level=settings.server.log_level,
+                       tls=tls)
+    if http.config.tls is not None:
+        signal.signal(signal.SIGHUP, lambda _sig, _frame: http.reload_tls())
+    try:
+        http.run()
+    except KeyboardInterrupt:  # a second Ctrl-C; uvicorn already shut down what it could
+        pass
+    if not http.started:
+        raise typer.Exit(6)
 
 
 def _listen_problem(host: str, port: int) -> str | None:
@@ -125,53 +138,6 @@ def _first_token_hint(lg, config: Path | None) -> None:
     typer.echo(f"labgate: no API token yet in {database_display(lg.db.url)}. Create the first one (shown once) with:\n"
                f"  labgate token create admin --admin{where}\n"
                f"then: labgate login --url {lg.settings.server.scheme}://{lg.settings.server.listen}", err=True)
-
-
-@token_app.command("create")
-def token_create(
-    owner: Annotated[str, typer.Argument(help="who the token belongs to; their forwards are recorded under it")],
-    admin: Annotated[bool, typer.Option("--admin", help="may see and change everyone's forwards")] = False,
-    config: ConfigOpt = None,
-) -> None:
-    """Create a token and print it once, alone on stdout (only its hash is stored)."""
-    from labgate.core.errors import LabgateError
-    from labgate.core.tokens import create_token
-
-    from labgate.config import database_display
-
-    db = _database(config)
-    try:
-        secret = create_token(db, owner, admin=admin)
-    except LabgateError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(secret)
-    # On stderr, so `TOKEN=$(labgate token create alice)` still captures only the token.
-    typer.echo(f"token for {owner}{' (admin)' if admin else ''} stored in {database_display(db.url)}; "
-               "it is shown only this once", err=True)
-
-
-@token_app.command("ls")
-def token_ls(config: ConfigOpt = None) -> None:
-    """List tokens (never their secrets)."""
-    from labgate.core.tokens import list_tokens
-
-    for t in list_tokens(_database(config)):
-        typer.echo(f"{t['id']}\t{t['owner']}\t{'admin' if t['admin'] else 'user'}\t"
-                   f"{'revoked' if t['revoked'] else 'active'}\t{t['created_at']:%Y-%m-%d %H:%M}")
-
-
-@token_app.command("revoke")
-def token_revoke(token_id: int, config: ConfigOpt = None) -> None:
-    """Revoke a token by id (see `labgate token ls`)."""
-    from labgate.core.errors import LabgateError
-    from labgate.core.tokens import revoke_token
-
-    try:
-        revoke_token(_database(config), token_id)
-    except LabgateError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(3) from None
 
 
 @db_app.command("upgrade")

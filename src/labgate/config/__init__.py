@@ -8,6 +8,7 @@ event kind rule), so every layer may read it. One module per section:
     compat.py   [compat]       CompatConfig (the key itself is read by labgate.keys)
     ddns.py     [ddns]         DdnsConfig, the DNS name rule (the TSIG key is read by labgate.keys)
     sinks.py    [[sink]]       SyslogSinkConfig, FileSinkConfig, WebhookSinkConfig (the transports: workers/sinks/)
+    limits.py   [limits]       LimitsConfig, per-owner quotas
     settings.py                Settings (the whole file and its cross-section checks), load_settings, ConfigError
 """
 
@@ -21,11 +22,13 @@ from labgate.config.gateway import (
     GatewayConfig,
     parse_port_range,
 )
+from labgate.config.limits import LimitsConfig
 from labgate.config.server import ServerConfig, database_display, default_data_dir, resolve_database_url
 from labgate.config.settings import ConfigError, Settings, load_settings
 from labgate.config.sinks import FileSinkConfig, SinkConfig, SyslogSinkConfig, WebhookSinkConfig, sink_names
 
 __all__ = [
+    "LimitsConfig",
     "DDNS_INLINE_SECRET_KEYS",
     "GATEWAY_NAME_RE",
     "IFNAME_RE",

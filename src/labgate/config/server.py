@@ -20,9 +20,26 @@ class ServerConfig(BaseSettings):
     # `labgate token create` run from two directories use the same file.
     database: str = "sqlite:///labgate.db"
     data_dir: str = Field(default_factory=lambda: default_data_dir())
-    # Serve HTTPS with this certificate (PEM, chain included) and key; both or neither.
+    # Serve HTTPS with this certificate (PEM, chain included) and key; both or neither. Re-read on SIGHUP.
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    # Plain HTTP on an address other than loopback is refused unless this is set (or `serve --insecure`).
+    insecure_http: bool = False
+    # The server's own defences (see README, "Hardening").
+    # Seconds a client has to send a request's headers (from connecting, or from the end of the previous answer).
+    header_timeout: float = Field(default=10.0, gt=0)
+    # Seconds a request body has to arrive; also how long an answer may wait for a client that does not read.
+    body_timeout: float = Field(default=30.0, gt=0)
+    # Open client connections at most; beyond it a new connection gets 503 and is closed. 0 = from the descriptor
+    # limit: the limit minus fd_reserve, at most 1024 (at least half the limit when the limit is small).
+    max_connections: int = Field(default=0, ge=0)
+    # Descriptors kept free for the database, the dataplane (netlink sockets, conntrack, probes) and the sinks.
+    fd_reserve: int = Field(default=256, ge=16)
+    # The largest request body accepted (bytes); larger ones get 413 without being read.
+    max_body_bytes: int = Field(default=262144, ge=1024)
+    # Per API token: requests per second (sustained) and burst; beyond them 429 with Retry-After. 0 = no limit.
+    rate_limit: float = Field(default=100.0, ge=0)
+    rate_limit_burst: int = Field(default=1000, ge=1)
     reconcile_interval: float = Field(default=30.0, gt=0)
     # Every this many seconds the whole table is rendered again even if the cheap check saw no drift.
     full_resync_interval: float = Field(default=600.0, gt=0)

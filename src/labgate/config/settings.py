@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from labgate.config.compat import CompatConfig
 from labgate.config.ddns import DdnsConfig
 from labgate.config.gateway import GatewayConfig
+from labgate.config.limits import LimitsConfig
 from labgate.config.server import ServerConfig
 from labgate.config.sinks import SinkConfig, sink_names
 
@@ -35,6 +36,8 @@ class Settings(BaseModel):
     sink: list[SinkConfig] = Field(default_factory=list)
     # [ddns]: keep gateways' (and optionally machines') names right in DNS; absent = off.
     ddns: DdnsConfig | None = None
+    # [limits]: per-owner quotas on forwards and ports.
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
 
     @model_validator(mode="after")
     def _unique(self) -> "Settings":

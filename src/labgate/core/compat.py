@@ -87,7 +87,7 @@ class TokenVerifier:
         self.leeway = cfg.jwt_leeway
         self._key = load_jwt_key(cfg.jwt_algorithm, cfg.jwt_key_file)
 
-    def verify(self, token: str | None) -> Principal:
+    def verify(self, token: str | None, client: str | None = None) -> Principal:
         token = (token or "").strip()
         if not token:
             raise VlabError(401, NO_TOKEN)
@@ -112,7 +112,7 @@ class TokenVerifier:
             raise VlabError(401, f"{INVALID}: no {self.claim!r} claim")
         if not OWNER_RE.fullmatch(owner):
             raise VlabError(401, f"{INVALID}: the {self.claim!r} claim is not usable as an owner name")
-        return Principal(owner=owner, admin=False)
+        return Principal(owner=owner, admin=False, client=client)  # client: for the audit trail
 
 
 # --- reachability -----------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from labgate.config import GatewayConfig, Settings
+from labgate.core import audit
 from labgate.core import validation as v
 from labgate.core.errors import (
     DataplaneUnavailable,
@@ -22,11 +23,13 @@ from labgate.core.errors import (
     PortTaken,
     RangeExhausted,
 )
+from labgate.core.limits import check_quota
 from labgate.core.ports import PortPool
 from labgate.core.rules import CommittedRules, rule_of
 from labgate.core.tokens import Principal
 from labgate.core.views import ForwardView
-from labgate.dataplane.reconcile import Dataplane, DataplaneError, GatewayDataplane, RuleChange
+from labgate.dataplane.reconcile import ChangeRefused, Dataplane, DataplaneError, GatewayDataplane, RuleChange
+from labgate.db.ids import reserve_forward_id
 from labgate.db.models import Forward, PortAllocation
 from labgate.db.queries import forward_states, port_holder
 from labgate.db.session import Database
@@ -153,6 +156,10 @@ class ForwardService:
         with self.dataplane.change(gwdp.cfg.name) as gw:
             try:
                 gw.sync(change, desired=lambda ext: self.rules.enabled_rules(gw.cfg.name, ext, s))
+            except ChangeRefused as exc:
+                s.rollback()
+                raise InvalidInput(f"the kernel refused this change on gateway {gw.cfg.name!r} (nothing was "
+                                   f"changed): {exc}") from None
             except DataplaneError as exc:
                 s.rollback()
                 raise DataplaneUnavailable(f"the kernel refused the change on gateway {gw.cfg.name!r}: {exc}") \
@@ -165,7 +172,7 @@ class ForwardService:
         gwdp.cut(cut)
 
     # --- commands ------------------------------------------------------------------------------------------------
-    def create(self, principal: Principal, spec: ForwardSpec) -> dict[str, Any]:
+    def create(self, principal: Principal, spec: ForwardSpec) -> ForwardView:
         cfg, gwdp = self._gateway(spec.gateway)
         protocol = v.check_protocol(spec.protocol)
         count = v.check_port_count(spec.port_count)
@@ -186,18 +193,22 @@ class ForwardService:
                     + f" is not inside one of gateway {cfg.name!r}'s ranges ({', '.join(cfg.port_range)})",
                     field="external_port")
 
+        reserved = reserve_forward_id(self.db)  # before the transaction: a rolled-back create never reuses it
         with self.db.writer() as s:
-            fwd = Forward(gateway=cfg.name, protocol=protocol, external_port=0, port_count=count,
+            check_quota(s, self.settings.limits, principal, count)
+            fwd = Forward(id=reserved, gateway=cfg.name, protocol=protocol, external_port=0, port_count=count,
                           target_address=str(target), target_port=spec.target_port, name=name, kind=kind,
                           owner=principal.owner, description=description, enabled=spec.enabled,
                           allowed_sources=sources)
             s.add(fwd)
             s.flush()
-            start = self._allocate(s, pool, fwd, spec.external_port, count)
+            start = self._allocate(s, pool, fwd, spec.external_port, count, principal)
             committed = False
             try:
                 fwd.external_port = start
                 s.flush()
+                trail = audit.record(s, principal, "forward.create", fwd.id, before=None,
+                                     after=audit.forward_snapshot(fwd))
                 self._commit_synced(s, gwdp, RuleChange.of(add=[rule_of(fwd, ext) if fwd.enabled else None]), [])
                 committed = True
             finally:
@@ -206,9 +217,11 @@ class ForwardService:
             log.info("event=forward_created id=%d owner=%s gateway=%s %s/%d -> %s:%d", fwd.id, fwd.owner,
                      cfg.name, protocol, start, fwd.target_address, fwd.target_port)
             self._publish("created", fwd)
+            self.publisher.publish(trail)
         return self._view(fwd)
 
-    def _allocate(self, s: Session, pool: PortPool, fwd: Forward, requested: int | None, count: int) -> int:
+    def _allocate(self, s: Session, pool: PortPool, fwd: Forward, requested: int | None, count: int,
+                  principal: Principal) -> int:
         """Insert the allocation rows for `fwd`; returns the first port. 409 when taken or exhausted."""
         pool.ensure_loaded(s)
         for attempt in range(ALLOCATION_ATTEMPTS):
@@ -234,6 +247,9 @@ class ForwardService:
             except IntegrityError:
                 if requested is not None:
                     holder = port_holder(s, fwd.gateway, fwd.protocol, start, start + count - 1)
+                    held = s.get(Forward, holder) if holder is not None else None
+                    if held is None or not (principal.admin or held.owner == principal.owner):
+                        holder = None  # someone else's forward: its id is theirs to know
                     raise PortTaken(
                         f"external port {start}/{fwd.protocol} on gateway {fwd.gateway!r} is taken"
                         + (f" by forward {holder}" if holder else ""), holder=holder) from None
@@ -277,6 +293,7 @@ class ForwardService:
                 raise InvalidInput(f"{required} cannot be null{hint}", field=required)
         with self.db.writer() as s:
             fwd = self._owned(s, principal, forward_id, lock=True)
+            before = audit.forward_snapshot(fwd)
             cfg, gwdp = self._gateway(fwd.gateway)
             ext = external_of(gwdp)
             old_rule = rule_of(fwd, ext) if fwd.enabled else None
@@ -299,8 +316,9 @@ class ForwardService:
             if "enabled" in changes:
                 fwd.enabled = bool(changes["enabled"])
             new_rule = rule_of(fwd, ext) if fwd.enabled else None
+            trail = audit.record(s, principal, "forward.update", fwd.id, before=before,
+                                 after=audit.forward_snapshot(fwd))
             if new_rule != old_rule:
-                s.flush()
                 retargeted = old_target != (fwd.target_address, fwd.target_port)
                 # Open sessions follow the old translation until their conntrack entries go.
                 cut = [fwd.id] if old_rule and (new_rule is None or retargeted) else []
@@ -310,11 +328,14 @@ class ForwardService:
             log.info("event=forward_updated id=%d owner=%s fields=%s", fwd.id, principal.owner,
                      ",".join(sorted(changes)))
             self._publish("updated", fwd, changed=",".join(sorted(changes)))
+            self.publisher.publish(trail)
         return self._view(fwd)
 
     def delete(self, principal: Principal, forward_id: int) -> None:
         with self.db.writer() as s:
             fwd = self._owned(s, principal, forward_id, lock=True)
+            trail = audit.record(s, principal, "forward.delete", fwd.id, before=audit.forward_snapshot(fwd),
+                                 after=None)
             cfg, gwdp = self._gateway(fwd.gateway)
             old_rule = rule_of(fwd, external_of(gwdp)) if fwd.enabled else None
             start, count, proto = fwd.external_port, fwd.port_count, fwd.protocol
@@ -324,4 +345,5 @@ class ForwardService:
             self._pools[(cfg.name, proto)].release(start, count)
             log.info("event=forward_deleted id=%d owner=%s", forward_id, principal.owner)
             self._publish("deleted", fwd)
+            self.publisher.publish(trail)
 

@@ -87,12 +87,14 @@ def check_target(value: str, gateway: GatewayConfig,
 
 
 def check_sources(values: list[str] | None) -> list[str]:
-    """CIDRs (or single addresses) clients may come from; normalized to network form. Empty = anyone."""
+    """CIDRs (or single addresses) clients may come from; normalized to network form, in the order given, with any
+    network inside another one left out (10.0.0.0/9 adds nothing to 10.0.0.0/8, and the kernel's interval set
+    refuses overlapping elements). Empty = anyone."""
     if not values:
         return []
     if len(values) > MAX_SOURCES:
         raise InvalidInput(f"at most {MAX_SOURCES} allowed_sources", field="allowed_sources")
-    out: list[str] = []
+    nets: list[ipaddress.IPv4Network] = []
     for v in values:
         try:
             net = ipaddress.ip_network(v, strict=False)
@@ -101,9 +103,10 @@ def check_sources(values: list[str] | None) -> list[str]:
                                field="allowed_sources") from None
         if net.version != 4:
             raise InvalidInput("IPv6 sources are not supported yet", field="allowed_sources")
-        if str(net) not in out:
-            out.append(str(net))
-    return out
+        nets.append(net)  # type: ignore[arg-type]
+    kept = [n for i, n in enumerate(nets)
+            if not any(o != n and n.subnet_of(o) for o in nets) and n not in nets[:i]]
+    return [str(n) for n in kept]
 
 
 def check_protocol(value: str) -> str:

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from typing import Iterable
 
 
@@ -20,11 +21,67 @@ class ConntrackUnavailable(RuntimeError):
     """The conntrack program is missing: established sessions cannot be cut."""
 
 
-def delete_by_marks(marks: Iterable[int]) -> int:
-    """Delete the entries carrying each mark; returns how many conntrack reported deleted."""
+def _binary() -> str:
     binary = shutil.which("conntrack") or ("/usr/sbin/conntrack" if os.path.exists("/usr/sbin/conntrack") else None)
     if binary is None:
         raise ConntrackUnavailable("conntrack not found: install the conntrack package")
+    return binary
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A tracked TCP/UDP connection with a mark: its original tuple, and who answers it (the DNAT target)."""
+
+    protocol: str
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    reply_src: str
+    reply_sport: int
+    mark: int
+
+
+_PAIR = re.compile(r"(\w+)=(\S+)")
+
+
+def parse_connection(line: str) -> Connection | None:
+    """One line of `conntrack -L -o extended` (or an event line); None unless TCP/UDP with a non-zero mark."""
+    words = line.split()
+    protocol = next((w for w in words[:6] if w in ("tcp", "udp")), None)
+    if protocol is None:
+        return None
+    pairs = _PAIR.findall(line)
+    get = lambda key: [v for k, v in pairs if k == key]  # noqa: E731
+    src, dst, sport, dport, mark = get("src"), get("dst"), get("sport"), get("dport"), get("mark")
+    if len(src) < 2 or len(sport) < 2 or not dst or not dport or not mark:
+        return None
+    try:
+        conn = Connection(protocol, src[0], int(sport[0]), dst[0], int(dport[0]), src[1], int(sport[1]),
+                          int(mark[0], 0))
+    except ValueError:
+        return None
+    return conn if conn.mark else None
+
+
+def list_marked() -> list[Connection]:
+    """Every TCP/UDP connection with a mark in the calling thread's namespace."""
+    proc = subprocess.run([_binary(), "-L", "-o", "extended"], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise OSError(f"conntrack -L failed: {proc.stderr.strip()[:200]}")
+    return [c for c in map(parse_connection, proc.stdout.splitlines()) if c is not None]
+
+
+def delete_connection(conn: Connection) -> None:
+    """Delete exactly this entry (matched by its original tuple and mark)."""
+    subprocess.run([_binary(), "-D", "-p", conn.protocol, "-s", conn.src, "-d", conn.dst, "--sport", str(conn.sport),
+                    "--dport", str(conn.dport), "--mark", str(conn.mark)], capture_output=True, text=True,
+                   timeout=30)
+
+
+def delete_by_marks(marks: Iterable[int]) -> int:
+    """Delete the entries carrying each mark; returns how many conntrack reported deleted."""
+    binary = _binary()
     deleted = 0
     for mark in marks:
         if not isinstance(mark, int) or not 0 < mark <= 0xFFFFFFFF:

@@ -15,7 +15,9 @@ import re
 import threading
 from dataclasses import dataclass, field
 
+from labgate.dataplane.conntrack import Connection
 from labgate.dataplane.kernel import Addresses, KernelError
+from labgate.dataplane.render import Sentinel
 
 
 @dataclass
@@ -62,6 +64,7 @@ class FakeKernel:
         self.present = True          # False: the namespace is gone; every call fails
         self.batches: list[str] = []  # every batch applied, in order
         self.cuts: list[int] = []     # every conntrack mark cut, in order
+        self.conns: list[Connection] = []  # tracked connections (tests add them); cuts remove them
         self._refuse_next = 0
         self._refuse_patterns: list[str] = []
         self._lock = threading.RLock()
@@ -106,6 +109,12 @@ class FakeKernel:
             t = self.tables.get(table)
             return None if t is None else {name: len(rules) for name, rules in t.chains.items()}
 
+    def has_element(self, table: str, element: Sentinel) -> bool:
+        with self._lock:
+            self._check("checking an element")
+            t = self.tables.get(table)
+            return t is not None and element.set_name in t.sets and element.key in t.sets[element.set_name].elements
+
     def read_counters(self, table: str, set_name: str) -> dict[int, tuple[int, int]]:
         with self._lock:
             self._check("reading counters")
@@ -121,6 +130,17 @@ class FakeKernel:
         with self._lock:
             self._check("cutting open connections")
             self.cuts.extend(marks)
+            self.conns = [c for c in self.conns if c.mark not in marks]
+
+    def connections(self) -> list[Connection]:
+        with self._lock:
+            self._check("listing connections")
+            return list(self.conns)
+
+    def cut_connection(self, conn: Connection) -> None:
+        with self._lock:
+            self._check("cutting a connection")
+            self.conns = [c for c in self.conns if c != conn]
 
     def ip_forward(self, enable: bool) -> bool:
         with self._lock:

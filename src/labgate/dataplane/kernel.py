@@ -15,10 +15,10 @@ import subprocess
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable, Protocol, TypeVar
 
-from labgate.dataplane import conntrack
+from labgate.dataplane import conntrack, nfnetlink
 from labgate.dataplane.netns import NamespaceError, NamespaceWorker
 from labgate.dataplane.nft import NftError, NftRunner, open_runner, parse_json
-from labgate.dataplane.render import render_check, render_list_set
+from labgate.dataplane.render import Sentinel, render_check, render_list_set
 
 T = TypeVar("T")
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
@@ -50,6 +50,10 @@ class GatewayKernel(Protocol):
         """{element: (packets, bytes)} of a counter set."""
         ...
 
+    def has_element(self, table: str, element: Sentinel) -> bool:
+        """Is this one element in its set (without listing the set)? False when the set or table is missing."""
+        ...
+
     def read_addresses(self) -> Addresses:
         """All IPv4 addresses of the namespace, and the default route's preferred one (None if no route)."""
         ...
@@ -60,6 +64,14 @@ class GatewayKernel(Protocol):
 
     def ip_forward(self, enable: bool) -> bool:
         """Is net.ipv4.ip_forward on? With enable, turn it on first when it is off."""
+        ...
+
+    def connections(self) -> list[conntrack.Connection]:
+        """Every tracked TCP/UDP connection that carries a mark."""
+        ...
+
+    def cut_connection(self, conn: conntrack.Connection) -> None:
+        """Delete this one conntrack entry."""
         ...
 
     def close(self) -> None:
@@ -194,6 +206,10 @@ class NamespaceKernel:
 
         return self._listing(read, "checking tables")
 
+    def has_element(self, table: str, element: Sentinel) -> bool:
+        return self._call(self._reader, lambda: nfnetlink.element_exists(table, element.set_name, element.raw),
+                          "checking an element")
+
     def read_counters(self, table: str, set_name: str) -> dict[int, tuple[int, int]]:
         return self._listing(lambda r: parse_counters(r.run(render_list_set(table, set_name), json=True)),
                              "reading counters")
@@ -203,6 +219,12 @@ class NamespaceKernel:
 
     def cut(self, marks: list[int]) -> None:
         self._call(self._reader, lambda: conntrack.delete_by_marks(marks), "cutting open connections")
+
+    def connections(self) -> list[conntrack.Connection]:
+        return self._call(self._reader, conntrack.list_marked, "listing connections")
+
+    def cut_connection(self, conn: conntrack.Connection) -> None:
+        self._call(self._reader, lambda: conntrack.delete_connection(conn), "cutting a connection")
 
     def ip_forward(self, enable: bool) -> bool:
         def job() -> bool:

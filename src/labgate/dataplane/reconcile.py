@@ -31,9 +31,11 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from labgate.config import GatewayConfig
 from labgate.periodic import Periodic
+from labgate.dataplane.conntrack import Connection
 from labgate.dataplane.kernel import GatewayKernel, KernelError
 from labgate.dataplane.render import (
     CHAINS,
+    SENTINELS,
     USAGE_CHAINS,
     USAGE_SETS,
     ForwardRule,
@@ -63,6 +65,10 @@ FORWARDING = Gauge("labgate_gateway_forwarding", "1 if the gateway's namespace r
 
 class DataplaneError(RuntimeError):
     """The kernel refused or could not be reached; str() says why in one line."""
+
+
+class ChangeRefused(DataplaneError):
+    """The kernel refuses this change itself (the gateway is in sync without it, and keeps working)."""
 
 
 class RulesSource(Protocol):
@@ -132,20 +138,35 @@ class GatewayDataplane:
     def sync(self, change: RuleChange | None = None, *, desired: DesiredRules | None = None) -> str:
         """Make the kernel match the desired state; returns "partial", "full" or "none" (no kernel here).
 
-        With a change and a clean gateway, only the change's elements are applied; otherwise, or if that batch is
-        refused, the whole table is rendered from `desired` (default: the committed state). Callers hold `lock`.
-        Raises DataplaneError when the kernel is still not in sync; the gateway is then marked for a full sync."""
+        With a change and a clean gateway, only the change's elements are applied. On a dirty gateway (or without
+        a change) the whole table is rendered from `desired` (default: the committed state). A refused change is
+        retried once after a full sync from the committed state; refused again, ChangeRefused is raised and the
+        gateway stays in sync. Callers hold `lock`. Raises DataplaneError when the kernel cannot be brought in
+        sync; the gateway is then marked for a full sync."""
         if self.kernel is None:
             self.needs_full = False
             return "none"
-        if change is not None and not self.needs_full:
-            try:
-                self._partial(change)
-                return "partial"
-            except DataplaneError:
-                log.warning("event=partial_sync_failed gateway=%s action=full_sync", self.cfg.name)
-        self._full(desired or (lambda ext: self.source.enabled_rules(self.cfg.name, ext)))
-        return "full"
+        committed = lambda ext: self.source.enabled_rules(self.cfg.name, ext)  # noqa: E731
+        if change is None or self.needs_full:
+            self._full(desired or committed)
+            return "full"
+        try:
+            self._partial(change)
+            return "partial"
+        except DataplaneError:
+            log.warning("event=partial_sync_failed gateway=%s action=full_sync", self.cfg.name)
+        # An nft batch is all or nothing, so the kernel is as it was. Either it had drifted from the committed
+        # state (an element deleted or added by hand), or the kernel refuses this change itself. Re-sync from the
+        # committed state, then try the change once more: refused again, it is the change, and it alone is
+        # refused - the gateway stays in sync and every other forward keeps working.
+        self._full(committed)
+        try:
+            self._partial(change)
+        except DataplaneError as exc:
+            self.needs_full = False
+            self.last_error = None
+            raise ChangeRefused(str(exc)) from None
+        return "partial"
 
     def _partial(self, change: RuleChange) -> None:
         assert self.kernel is not None
@@ -239,9 +260,39 @@ class GatewayDataplane:
         except KernelError as exc:
             log.error("event=conntrack_failed gateway=%s marks=%s error=%r", self.cfg.name, marks, str(exc))
 
+    def cut_stale(self) -> int:
+        """Cut tracked connections through this gateway that the committed state no longer explains: a forward
+        deleted, disabled or retargeted while its sessions were not cut (the process died between the commit and
+        the cut, or conntrack failed). Only connections labgate translated count: to the external address, on a
+        port of the gateway's ranges, with a mark. Returns how many were cut; failures are logged."""
+        if self.kernel is None or self.external_address is None:
+            return 0
+        ext = str(self.external_address)
+        try:
+            conns = [c for c in self.kernel.connections()
+                     if c.dst == ext and any(lo <= c.dport <= hi for lo, hi in self.cfg.ranges)]
+            if not conns:
+                return 0
+            rules = {r.id: r for r in self.source.enabled_rules(self.cfg.name, self.external_address)}
+        except (KernelError, Exception) as exc:  # noqa: BLE001 - a repair pass must not break the loop
+            log.error("event=stale_cut_failed gateway=%s error=%r", self.cfg.name, str(exc))
+            return 0
+        stale = [c for c in conns if not _explains(rules.get(c.mark), c)]
+        for conn in stale:
+            try:
+                self.kernel.cut_connection(conn)
+            except KernelError as exc:
+                log.error("event=stale_cut_failed gateway=%s mark=%d error=%r", self.cfg.name, conn.mark, str(exc))
+        if stale:
+            log.warning("event=stale_connections_cut gateway=%s count=%d marks=%s", self.cfg.name, len(stale),
+                        sorted({c.mark for c in stale}))
+        return len(stale)
+
     def check_tables(self) -> tuple[bool, bool]:
         """Drift check: (forwarding table intact, usage table intact), without the gateway lock (a listing takes
-        about a second at 50,000 forwards on nft 1.0.6). A change in flight never removes chains or rules."""
+        about a second at 50,000 forwards on nft 1.0.6). A change in flight never removes chains or rules. The
+        sentinel elements of the big sets are asked about first (microseconds each): a flushed map is found at
+        the next pass, not at the next periodic full render."""
         if self.kernel is None:
             return True, True
         if self.external_address is None:
@@ -251,8 +302,9 @@ class GatewayDataplane:
         if not self.cfg.masquerade:
             expected["postrouting"] = 0
         try:
-            return (self.kernel.table_shape(shape.table) == expected,
-                    self.kernel.table_shape(shape.usage_table) == USAGE_CHAINS)
+            main = (all(self.kernel.has_element(shape.table, s) for s in SENTINELS)
+                    and self.kernel.table_shape(shape.table) == expected)
+            return main, self.kernel.table_shape(shape.usage_table) == USAGE_CHAINS
         except KernelError:
             return False, False
 
@@ -335,6 +387,15 @@ class GatewayDataplane:
             self.kernel.close()
 
 
+def _explains(rule: ForwardRule | None, conn: Connection) -> bool:
+    """Does this (enabled) forward's rule translate this connection the way it was translated?"""
+    if rule is None or rule.protocol != conn.protocol:
+        return False
+    offset = conn.dport - rule.external_port
+    return (0 <= offset < rule.port_count and conn.reply_src == str(rule.target_address)
+            and conn.reply_sport == rule.target_port + offset)
+
+
 class Dataplane:
     """All gateways of this process, and the loop that keeps each one equal to the database."""
 
@@ -377,12 +438,16 @@ class Dataplane:
             log.warning("event=drift gateway=%s action=full_sync", gw.cfg.name)
             DRIFT_REPAIRS.labels(gw.cfg.name).inc()
             gw.needs_full = True
+        synced = False
         with gw.lock:
             if gw.needs_full:
                 try:
                     gw.sync()
+                    synced = True
                 except DataplaneError:
                     return False
+        if synced:
+            gw.cut_stale()  # after a restart or a failure: sessions a lost cut left running
         gw.check_forwarding()
         return True
 

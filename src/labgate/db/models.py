@@ -14,6 +14,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -53,9 +54,16 @@ class Token(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     owner: Mapped[str] = mapped_column(String(64), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    role: Mapped[str] = mapped_column(String(16), default="user")  # admin, user, readonly, metrics
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # CIDRs the token may be used from; NULL = anywhere.
+    allowed_networks: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    # Updated at most once a minute per token, off the request's path (core/tokens.py).
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Forward(Base):
@@ -131,3 +139,28 @@ class ForwardState(Base):
     raw_connections: Mapped[int] = mapped_column(BigInteger, default=0)
     raw_packets: Mapped[int] = mapped_column(BigInteger, default=0)
     raw_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Audit(Base):
+    """One change (a forward created, changed or deleted; a token created or revoked): who, with which token, from
+    which address, when, and the object before and after (JSON text). Written in the transaction of the change."""
+
+    __tablename__ = "audit"
+    __table_args__ = (
+        Index("ix_audit_time", "time"),
+        Index("ix_audit_actor", "actor"),
+        Index("ix_audit_action", "action"),
+        Index("ix_audit_object", "object_type", "object_id"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(64))
+    token_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    client: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    action: Mapped[str] = mapped_column(String(32))        # "forward.create", "token.revoke", ...
+    object_type: Mapped[str] = mapped_column(String(16))   # "forward", "token": the part of action before the dot
+    object_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    before: Mapped[str | None] = mapped_column(Text, nullable=True)
+    after: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -9,57 +9,22 @@ forward's owner and machine name come from the database (cached). The program's 
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 from labgate.dataplane import netns
+from labgate.dataplane.conntrack import Connection, parse_connection
 from labgate.events import Event, Publisher
 
 log = logging.getLogger("labgate.connections")
 
-_KV = re.compile(r"(\w+)=(\S+)")
-
-
-@dataclass(frozen=True)
-class ConntrackNew:
-    """One NEW conntrack event: the original direction, and where the reply comes from (the real target)."""
-
-    protocol: str
-    src_ip: str
-    src_port: int
-    dst_ip: str
-    dst_port: int
-    target_ip: str
-    target_port: int
-    mark: int
-
-
-def parse_event(line: str) -> ConntrackNew | None:
-    """Parse a line of `conntrack -E -o timestamp,extended,id`; None for anything else (or another protocol)."""
-    if "[NEW]" not in line:
-        return None
-    words = line.split()
-    protocol = next((w for w in words if w in ("tcp", "udp")), None)
-    if protocol is None:
-        return None
-    pairs = _KV.findall(line)
-    src = [v for k, v in pairs if k == "src"]
-    dst = [v for k, v in pairs if k == "dst"]
-    sport = [v for k, v in pairs if k == "sport"]
-    dport = [v for k, v in pairs if k == "dport"]
-    marks = [v for k, v in pairs if k == "mark"]
-    if len(src) < 2 or len(sport) < 2 or len(dst) < 1 or len(dport) < 1 or not marks:
-        return None
-    try:
-        return ConntrackNew(protocol, src[0], int(sport[0]), dst[0], int(dport[0]), src[1], int(sport[1]),
-                            int(marks[0], 0))
-    except ValueError:
-        return None
+def parse_event(line: str) -> Connection | None:
+    """Parse a NEW line of `conntrack -E -o timestamp,extended,id`; None for anything else, another protocol, or
+    a connection without a mark (not one of labgate's forwards)."""
+    return parse_connection(line) if "[NEW]" in line else None
 
 
 ForwardLookup = Callable[[int], "dict | None"]
@@ -93,7 +58,7 @@ class ConnectionWatcher:
     def handle(self, line: str) -> Event | None:
         """Turn one conntrack line into a published event (None when it is not one of our forwards)."""
         ct = parse_event(line)
-        if ct is None or ct.mark == 0:
+        if ct is None:
             return None
         fwd = self.lookup(ct.mark)
         if fwd is None or fwd.get("gateway") != self.gateway:
@@ -101,8 +66,8 @@ class ConnectionWatcher:
         self.seen += 1
         return self.bus.publish(Event.new(
             "connection", gateway=self.gateway, forward_id=ct.mark, owner=fwd.get("owner"), name=fwd.get("name"),
-            protocol=ct.protocol, src_ip=ct.src_ip, src_port=ct.src_port, external_port=ct.dst_port,
-            target_ip=ct.target_ip, target_port=ct.target_port))
+            protocol=ct.protocol, src_ip=ct.src, src_port=ct.sport, external_port=ct.dport,
+            target_ip=ct.reply_src, target_port=ct.reply_sport))
 
     def _fail(self, message: str) -> None:
         if message != self.last_error:

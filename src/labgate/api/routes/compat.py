@@ -116,7 +116,7 @@ def build_router(lg: Labgate) -> APIRouter:
         """Authenticate (before looking at the input, as the original did), run, answer in the envelope."""
         args = query_args(request)
         try:
-            who = verifier.verify(request.headers.get("X-Auth"))
+            who = verifier.verify(request.headers.get("X-Auth"), request.client.host if request.client else None)
             request.state.owner = who.owner
             status, content = await handler(request, who, args)
         except VlabError as exc:

@@ -6,16 +6,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from labgate.api.deps import LabgateDep, PrincipalDep
+from labgate.api.deps import AUTH_ERRORS, LabgateDep, ReaderDep
 from labgate.api.schemas import EventList
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"])
 
 
-@router.get("", response_model=EventList)
+@router.get("", response_model=EventList, responses=AUTH_ERRORS)
 def list_events(
     lg: LabgateDep,
-    who: PrincipalDep,
+    who: ReaderDep,
     kind: Annotated[str | None, Query(max_length=32, pattern=r"^[a-z][a-z0-9_-]*$")] = None,
     gateway: Annotated[str | None, Query(max_length=32)] = None,
     forward_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,

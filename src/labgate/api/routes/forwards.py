@@ -6,29 +6,30 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 
-from labgate.api.deps import LabgateDep, PrincipalDep
+from labgate.api.deps import AUTH_ERRORS, LabgateDep, ReaderDep, WriterDep
 from labgate.api.routes.pagination import Limit, Offset, page
 from labgate.api.schemas import ErrorOut, ForwardCreate, ForwardOut, ForwardPage, ForwardPatch
 from labgate.core.forwards import ForwardFilter, ForwardSpec
 
 router = APIRouter(prefix="/api/v1/forwards", tags=["forwards"])
 ForwardId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the forward's id")]
-ERRORS = {401: {"model": ErrorOut}, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 422: {"model": ErrorOut},
+ERRORS = {**AUTH_ERRORS, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 422: {"model": ErrorOut},
           503: {"model": ErrorOut}}
+READ_ERRORS = {**AUTH_ERRORS, 404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ForwardOut, responses=ERRORS)
-def create_forward(body: ForwardCreate, lg: LabgateDep, who: PrincipalDep) -> dict:
+def create_forward(body: ForwardCreate, lg: LabgateDep, who: WriterDep) -> dict:
     """Forward an external port of the gateway (chosen for you unless `external_port` is given) to a target.
     When this returns 201 the kernel already forwards it."""
     return lg.forwards.create(who, ForwardSpec(**body.model_dump()))
 
 
-@router.get("", response_model=ForwardPage, responses=ERRORS)
+@router.get("", response_model=ForwardPage, responses=READ_ERRORS)
 def list_forwards(
     request: Request,
     lg: LabgateDep,
-    who: PrincipalDep,
+    who: ReaderDep,
     name: Annotated[str | None, Query(max_length=63)] = None,
     kind: Annotated[str | None, Query(max_length=32)] = None,
     target_address: Annotated[str | None, Query(max_length=64)] = None,
@@ -46,19 +47,19 @@ def list_forwards(
     return page(request, total, results, limit, offset)
 
 
-@router.get("/{forward_id}", response_model=ForwardOut, responses=ERRORS)
-def get_forward(forward_id: ForwardId, lg: LabgateDep, who: PrincipalDep) -> dict:
+@router.get("/{forward_id}", response_model=ForwardOut, responses=READ_ERRORS)
+def get_forward(forward_id: ForwardId, lg: LabgateDep, who: ReaderDep) -> dict:
     return lg.forwards.get(who, forward_id)
 
 
 @router.patch("/{forward_id}", response_model=ForwardOut, responses=ERRORS)
-def update_forward(forward_id: ForwardId, body: ForwardPatch, lg: LabgateDep, who: PrincipalDep) -> dict:
+def update_forward(forward_id: ForwardId, body: ForwardPatch, lg: LabgateDep, who: WriterDep) -> dict:
     """Change description, enabled, allowed_sources, name, kind or the target; a retarget is one atomic kernel
     change and cuts the sessions still going to the old target."""
     return lg.forwards.update(who, forward_id, body.model_dump(exclude_unset=True))
 
 
 @router.delete("/{forward_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS)
-def delete_forward(forward_id: ForwardId, lg: LabgateDep, who: PrincipalDep) -> Response:
+def delete_forward(forward_id: ForwardId, lg: LabgateDep, who: WriterDep) -> Response:
     lg.forwards.delete(who, forward_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -2,36 +2,47 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from labgate.api.deps import LabgateDep, PrincipalDep
+from labgate.api.deps import AUTH_ERRORS, AnyPrincipalDep, LabgateDep
 from labgate.db.queries import targets_down, used_forwards
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz(lg: LabgateDep) -> dict:
+async def healthz(request: Request) -> dict:
+    # Answered on the event loop, never in the thread pool (where a crowd of slow requests would make a liveness
+    # probe wait): so no sync dependency, no database, no lock held across I/O; only in-memory gateway state.
     # Deliberately no detail: an unauthenticated probe learns nothing about forwards or addresses.
+    lg = request.app.state.labgate
     healthy = all(gw.health().status in ("ok", "off") for gw in lg.dataplane.gateways.values())
     return {"status": "ok" if healthy else "degraded"}
 
 
 class ForwardUsageCollector:
-    """Per-forward usage and targets down, read from the database at scrape time (no state between scrapes)."""
+    """Per-forward usage and targets down, read from the database at scrape time (no state between scrapes).
 
-    def __init__(self, lg) -> None:
+    `per_forward`: the series naming forwards (id, owner, name, bytes): only for roles that may see every user's
+    forwards (admin, metrics). Without it only the per-gateway count of targets down is collected."""
+
+    def __init__(self, lg, *, per_forward: bool = True) -> None:
         self.lg = lg
+        self.per_forward = per_forward
 
     def collect(self):
         labels = ["forward_id", "gateway", "owner", "name"]
+        down = GaugeMetricFamily("labgate_targets_down", "Target addresses currently down", labels=["gateway"])
+        for gateway, n in targets_down(self.lg.db, (g.name for g in self.lg.settings.gateway)).items():
+            down.add_metric([gateway], n)
+        if not self.per_forward:
+            return [down]
         conns = CounterMetricFamily("labgate_forward_connections", "Connections through a forward", labels=labels)
         packets = CounterMetricFamily("labgate_forward_packets", "Packets through a forward", labels=labels)
         nbytes = CounterMetricFamily("labgate_forward_bytes", "Bytes through a forward", labels=labels)
         last = GaugeMetricFamily("labgate_forward_last_used_timestamp_seconds", "When a forward last carried traffic",
                                  labels=labels)
-        down = GaugeMetricFamily("labgate_targets_down", "Target addresses currently down", labels=["gateway"])
         for r in used_forwards(self.lg.db):
             values = [str(r.forward_id), r.gateway, r.owner, r.name or ""]
             conns.add_metric(values, r.connections)
@@ -39,13 +50,16 @@ class ForwardUsageCollector:
             nbytes.add_metric(values, r.bytes)
             if r.last_used_at is not None:
                 last.add_metric(values, r.last_used_at.timestamp())
-        for gateway, n in targets_down(self.lg.db, (g.name for g in self.lg.settings.gateway)).items():
-            down.add_metric([gateway], n)
         return [conns, packets, nbytes, last, down]
 
 
-@router.get("/metrics")
-def metrics(lg: LabgateDep, who: PrincipalDep) -> Response:
+@router.get("/metrics", responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+                                   **AUTH_ERRORS})
+def metrics(lg: LabgateDep, who: AnyPrincipalDep) -> Response:
+    """Prometheus metrics. Admin and metrics tokens get everything; user and readonly tokens get the process-level
+    metrics (sync, gateways, sinks, events, targets down per gateway) without the per-forward series, which name
+    every user's forwards and owners."""
+    who.require("metrics")
     per_forward = CollectorRegistry()
-    per_forward.register(ForwardUsageCollector(lg))
+    per_forward.register(ForwardUsageCollector(lg, per_forward=who.may("metrics_detail")))
     return Response(generate_latest() + generate_latest(per_forward), media_type=CONTENT_TYPE_LATEST)

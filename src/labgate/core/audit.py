@@ -1,0 +1,127 @@
+"""The audit trail: one row per change (who, with which token, from which address, when, what, before and after).
+
+The row is written in the transaction of the change itself, so a committed change always has its record (a
+process killed right after the commit loses nothing) and a change that is rolled back leaves none. The `audit`
+event returned by `record()` is published by the caller once the transaction has committed, so the sinks see
+every change too (delivery to them is best effort, like every event; the table is the durable record).
+
+Usage inside a command (core/forwards.py, core/tokens.py):
+
+    with db.writer() as s:
+        ...change rows, s.flush()...
+        event = audit.record(s, principal, "forward.update", fwd.id, before=before, after=audit.forward_snapshot(fwd))
+        ...commit...
+    publisher.publish(event)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Mapping
+
+from sqlalchemy import and_, func, select, true
+from sqlalchemy.orm import Session
+
+from labgate.core.errors import InvalidInput
+from labgate.db.models import Audit, Forward
+from labgate.db.session import Database
+from labgate.events import Event
+
+if TYPE_CHECKING:
+    from labgate.core.tokens import Principal
+
+ACTION_RE = re.compile(r"^([a-z][a-z_]{0,14})\.([a-z][a-z_]{0,14})$")
+FORWARD_FIELDS = ("id", "gateway", "protocol", "external_port", "port_count", "target_address", "target_port", "name",
+                  "kind", "owner", "description", "enabled", "allowed_sources")
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return str(value)
+
+
+def to_json(value: Mapping[str, Any] | None) -> str | None:
+    """An object as compact JSON text (keys sorted, times in RFC 3339 UTC); None stays None."""
+    if value is None:
+        return None
+    return json.dumps(dict(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_default)
+
+
+def forward_snapshot(fwd: Forward) -> dict[str, Any]:
+    """What the audit trail records of a forward: its configuration (not its health or usage, not timestamps)."""
+    out = {name: getattr(fwd, name) for name in FORWARD_FIELDS}
+    out["allowed_sources"] = list(out["allowed_sources"] or [])
+    return out
+
+
+def record(s: Session, who: "Principal", action: str, object_id: int | None, *,
+           before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> Event:
+    """Add the audit row of a change to `s`, the session making the change (it commits or rolls back with it), and
+    return the `audit` event to publish after the commit.
+
+    action: "<object type>.<verb>" ("forward.create", "forward.update", "forward.delete", "token.create",
+    "token.revoke"); before/after: the object as JSON-able dicts (None for "did not exist")."""
+    m = ACTION_RE.fullmatch(action)
+    if m is None:
+        raise ValueError(f"audit action {action!r} must look like 'forward.create'")
+    client = who.client[:64] if who.client else None
+    before_text, after_text = to_json(before), to_json(after)
+    row = Audit(time=datetime.now(timezone.utc), actor=who.owner[:64], token_id=who.token_id, client=client,
+                action=action, object_type=m.group(1), object_id=object_id, before=before_text, after=after_text)
+    s.add(row)
+    s.flush()
+    return Event("audit", row.time, {"audit_id": row.id, "actor": row.actor, "token_id": row.token_id,
+                                     "client": client, "action": action, "object_type": row.object_type,
+                                     "object_id": object_id, "before": before_text, "after": after_text})
+
+
+@dataclass
+class AuditEntry:
+    id: int
+    time: datetime
+    actor: str
+    token_id: int | None
+    client: str | None
+    action: str
+    object_type: str
+    object_id: int | None
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+    @classmethod
+    def of(cls, row: Audit) -> "AuditEntry":
+        return cls(id=row.id, time=row.time, actor=row.actor, token_id=row.token_id, client=row.client,
+                   action=row.action, object_type=row.object_type, object_id=row.object_id,
+                   before=json.loads(row.before) if row.before is not None else None,
+                   after=json.loads(row.after) if row.after is not None else None)
+
+
+def page_audit(db: Database, *, actor: str | None = None, action: str | None = None,
+               object_type: str | None = None, object_id: int | None = None, since: datetime | None = None,
+               limit: int = 50, offset: int = 0) -> tuple[int, list[AuditEntry]]:
+    """(how many records match, one page of them), oldest first. `since`: records at or after that time."""
+    conds = []
+    if actor is not None:
+        conds.append(Audit.actor == actor)
+    if action is not None:
+        conds.append(Audit.action == action)
+    if object_type is not None:
+        conds.append(Audit.object_type == object_type)
+    if object_id is not None:
+        conds.append(Audit.object_id == object_id)
+    if since is not None:
+        if since.tzinfo is None:
+            raise InvalidInput("since must carry a time zone (e.g. 2026-05-01T12:00:00Z)", field="since")
+        try:
+            conds.append(Audit.time >= since.astimezone(timezone.utc))
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00: before the first representable UTC time
+            raise InvalidInput("since is out of range", field="since") from None
+    where = and_(true(), *conds)
+    with db.reader() as s:
+        total = s.scalar(select(func.count()).select_from(Audit).where(where)) or 0
+        rows = s.scalars(select(Audit).where(where).order_by(Audit.id).limit(limit).offset(offset))
+        return total, [AuditEntry.of(r) for r in rows]
