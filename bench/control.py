@@ -181,7 +181,9 @@ class LabgateServer:
         self.log_path = folder / "server.log"
         self.config_path = folder / "labgate.toml"
         self.config_path.write_text(
-            f'[server]\nlisten = "127.0.0.1:{self.port}"\ndatabase = "{self.db_url}"\nlog_level = "info"\n\n'
+            # rate_limit = 0: the bench's 8 clients share one token and measure the server, not the limiter.
+            f'[server]\nlisten = "127.0.0.1:{self.port}"\ndatabase = "{self.db_url}"\nlog_level = "info"\n'
+            f'rate_limit = 0\n\n'
             f'[[gateway]]\nname = "{GATEWAY}"\nnetns = "{lab.gateway_ns}"\n'
             f'external_address = "{lab.external_address}"\nport_range = "{PORT_RANGE}"\n'
             f'target_networks = ["{lab.lab_network}"]\nmasquerade = true\n')

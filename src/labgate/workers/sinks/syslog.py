@@ -231,8 +231,11 @@ class SyslogStreamSink(Sink):
 
     def _peer_closed(self, sock: socket.socket, wait: float = 0.0) -> bool:
         """Whether the collector closed or reset the connection (it never sends data: readable means closed)."""
+        # poll, not select: labgate raises its descriptor limit, and select() refuses descriptors above 1023.
+        poller = select.poll()
         try:
-            readable, _, _ = select.select([sock], [], [], wait)
+            poller.register(sock, select.POLLIN | select.POLLERR | select.POLLHUP)
+            readable = poller.poll(wait * 1000)
         except (OSError, ValueError):
             return True
         if not readable:
