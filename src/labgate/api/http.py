@@ -125,7 +125,7 @@ class TlsFiles:
 
 def _raw_answer(status: str, code: str, message: str, extra: str = "") -> bytes:
     """A complete HTTP/1.1 answer written before (or instead of) any request: the API's error shape, then close."""
-    body = json.dumps({"error": {"code": code, "message": message, "field": None}}).encode()
+    body = json.dumps({"error": {"code": code, "message": message, "field": None}}, separators=(",", ":")).encode()
     head = (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
             f"connection: close\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\n{extra}\r\n")
     return head.encode() + body
@@ -373,4 +373,7 @@ def make_server(app: Any, cfg: ServerConfig, *, host: str, port: int, nofile: in
     limits = HttpLimits.for_server(cfg, nofile)
     tls = tls or tls_files(cfg)
     uvicorn_options.setdefault("access_log", False)
+    # proxy_headers off: uvicorn would otherwise take X-Forwarded-For/-Proto from any loopback client as the truth,
+    # letting it choose the address allowed_networks and the audit trail see.
+    uvicorn_options.setdefault("proxy_headers", False)
     return HttpServer(LabgateConfig(app, limits=limits, tls=tls, host=host, port=port, **uvicorn_options))

@@ -9,7 +9,8 @@ Content-Length is 413 before a byte is read; a body of unknown length is counted
 Bodies of /api/* requests are read here (never more than the limit) and handed on whole.
 
 Not authenticated here: /healthz, /docs and its assets, /openapi.json, /metrics (its route does it), and the vLab
-API /api/1/* (its JWT is checked by its own router)."""
+API /api/1/* (its JWT is checked by its own router). When authentication itself fails (the database is down) there
+is no verdict here: the route's dependency authenticates again and the app's exception handlers answer."""
 
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ def _bearer(scope: Scope) -> str | None:
 
 async def answer(send: Send, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
     """An error answer in the API's shape, {"error": {"code", "message", "field"}}."""
-    body = json.dumps({"error": {"code": code, "message": message, "field": None}}).encode()
+    body = json.dumps({"error": {"code": code, "message": message, "field": None}}, separators=(",", ":")).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
