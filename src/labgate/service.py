@@ -103,6 +103,12 @@ class Labgate:
                               gw.cfg.name, gw.last_error)
         self.dataplane.start()
         self.bus.start()
+        # The database's health: a real write every reconcile_interval (every second while it fails), shown on
+        # every gateway (GET /api/v1/gateways, `labgate gateway ls`) and in /healthz.
+        database = Periodic("database", lambda: 1.0 if self.db.problem else self.settings.server.reconcile_interval,
+                            self.check_database)
+        self.db.on_failure = database.trigger  # a request failed on the database: probe it now
+        self.workers.append(database)
         if self.settings.server.dataplane == "nft" and self.dataplane_enabled:
             self.workers.append(Periodic("usage", self.settings.server.usage_interval, self.usage.collect_once))
             self.workers.append(Periodic("health", self.settings.server.health_interval, self.health.check_once))
@@ -116,6 +122,12 @@ class Labgate:
         for worker in self.workers:
             worker.start()
         self.started = True
+
+    def check_database(self) -> None:
+        problem = self.db.probe()
+        for gw in self.dataplane.gateways.values():
+            gw.set_problem("database", problem, "make the database file writable again (its permissions, its "
+                           "disk's free space, the file itself): labgate notices within seconds" if problem else "")
 
     def stop(self) -> None:
         for worker in self.workers:

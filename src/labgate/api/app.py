@@ -10,13 +10,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from labgate import __version__
 from labgate.api.routes import audit, compat, ddns, events, forwards, gateways, health, limits, machines, tokens
 from labgate.api.middleware import Guard, allowed_methods, document_guard_errors
-from labgate.core.errors import LabgateError, PortTaken
+from labgate.core.errors import DatabaseUnavailable, LabgateError, PortTaken
 from labgate.service import Labgate
 
 log = logging.getLogger("labgate.api")
@@ -106,6 +107,15 @@ def create_app(lg: Labgate, *, manage_lifecycle: bool = True) -> FastAPI:
             allow = ", ".join(allowed_methods(app.routes, _req.scope)) or (exc.headers or {}).get("Allow", "GET, HEAD")
             response.headers["Allow"] = allow
         return response
+
+    async def _database(_req: Request, exc: Exception) -> JSONResponse:
+        # The database cannot be used (read-only, missing, disk full, unreachable): 503 saying why, logged once
+        # per cause by lg.db.failed. Any other database error is a bug: the 500 below.
+        err = DatabaseUnavailable(f"{lg.db.failed(exc)} (nothing was changed)")
+        return _error(err.status, err.code, err.message)
+
+    for database_error in (OperationalError, DisconnectionError):
+        app.add_exception_handler(database_error, _database)
 
     @app.exception_handler(Exception)
     async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:

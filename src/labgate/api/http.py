@@ -83,13 +83,19 @@ class HttpLimits:
         """The limits of [server] `cfg` for a process allowed `nofile` descriptors (default: this one's).
 
         Connections get the descriptor limit minus `fd_reserve`, at most CONNECTIONS_CEILING; with a small limit
-        at least half of it (the reserve then being the other half). The listen backlog stays well inside the
-        reserve: asyncio accepts up to a backlog's worth of connections in one go before any can be refused."""
+        at least half of it (the reserve then being the other half); a configured max_connections above that room
+        is lowered to it (with a warning). The listen backlog stays well inside the reserve: asyncio accepts up to
+        a backlog's worth of connections in one go before any can be refused."""
         nofile = nofile or descriptor_limit()
+        room = max(nofile - cfg.fd_reserve, nofile // 2)
         if cfg.max_connections:
-            conns = cfg.max_connections
+            conns = min(cfg.max_connections, room)
+            if conns < cfg.max_connections:
+                log.warning("event=max_connections_lowered configured=%d used=%d nofile=%d fd_reserve=%d (the "
+                            "descriptors kept for the database and the dataplane come first)",
+                            cfg.max_connections, conns, nofile, cfg.fd_reserve)
         else:
-            conns = min(CONNECTIONS_CEILING, max(nofile - cfg.fd_reserve, nofile // 2))
+            conns = min(CONNECTIONS_CEILING, room)
         conns = max(1, conns)
         backlog = max(8, min(128, (nofile - conns) // 4))
         return cls(cfg.header_timeout, cfg.body_timeout, conns, backlog, nofile)

@@ -14,11 +14,21 @@ ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML 
 
 def settings(config: Path | None) -> Settings:
     """The settings, or exit 2 with the configuration error."""
+    from labgate.db.session import in_memory
+
     try:
-        return load_settings(config)
+        loaded = load_settings(config)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    if in_memory(loaded.server.database):
+        typer.echo(f"error: database {loaded.server.database} is in memory: every labgate process would have an "
+                   "empty one of its own (`labgate serve` could never see the tokens `labgate token create` makes, "
+                   "and would lose every forward when it stops)", err=True)
+        typer.echo("hint: use a SQLite file, e.g. LABGATE_DATABASE=sqlite:///labgate.db (a relative path is taken "
+                   "inside data_dir), or a PostgreSQL URL", err=True)
+        raise typer.Exit(2)
+    return loaded
 
 
 def database(config: Path | None):

@@ -52,3 +52,8 @@ class RangeExhausted(LabgateError):
 class DataplaneUnavailable(LabgateError):
     status = 503
     code = "dataplane_unavailable"
+
+
+class DatabaseUnavailable(LabgateError):
+    status = 503
+    code = "database_unavailable"

@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
+import threading
 from pathlib import Path
+from typing import Callable
+from urllib.parse import quote
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 _WRITE = "labgate_write"
+
+
+def sqlite_file(url: str) -> str | None:
+    """The absolute path of the SQLite file `url` names; None for another database, an in-memory one or a
+    `file:` URI."""
+    parsed = make_url(url)
+    name = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    return os.path.abspath(name)
+
+
+def in_memory(url: str) -> bool:
+    """Whether `url` is an in-memory SQLite database (private to one process, gone when it ends)."""
+    parsed = make_url(url)
+    name = parsed.database or ""
+    return parsed.get_backend_name() == "sqlite" and (
+        name in ("", ":memory:") or name.startswith("file::memory:") or parsed.query.get("mode") == "memory")
 
 
 def make_engine(url: str) -> Engine:
@@ -17,9 +41,20 @@ def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-    if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
-        private_sqlite_file(Path(parsed.database))
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=10, max_overflow=20)
+    if in_memory(url):
+        raise ValueError(f"{url}: labgate needs a database its threads and processes share: a SQLite file, not "
+                         "an in-memory database")
+    path = sqlite_file(url)
+    if path is None:  # a file: URI, opened as given
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=10,
+                               max_overflow=20)
+    else:
+        private_sqlite_file(Path(path))
+        # mode=rw: a file that went missing under a running server is an error, never a new empty database.
+        uri = f"file:{quote(path)}?mode=rw"
+        engine = create_engine(url, pool_size=10, max_overflow=20,
+                               creator=lambda: sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False))
+        _follow_the_file(engine, path)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:  # pragma: no cover - exercised by every test
@@ -38,6 +73,41 @@ def make_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
 
     return engine
+
+
+def _inode(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _follow_the_file(engine: Engine, path: str) -> None:
+    """Connections that stay on the file at `path`: none kept after the file was moved, deleted or could not be
+    written when it was opened."""
+
+    @event.listens_for(engine, "connect")
+    def _remember_file(_dbapi_conn, record) -> None:
+        record.info["file"] = _inode(path)
+
+    @event.listens_for(engine, "checkout")
+    def _same_file(_dbapi_conn, record, _proxy) -> None:
+        # SQLite keeps using an open file that was renamed or deleted: its writes would go where nobody will ever
+        # read them. A connection to a file no longer at the path is dropped (the pool opens a new one, which
+        # fails while the path is missing: mode=rw). One stat(2) per checkout: a few microseconds.
+        now = _inode(path)
+        if now is None or now != record.info.get("file"):
+            raise DisconnectionError(f"the database file {path} was moved or removed")
+
+    @event.listens_for(engine, "handle_error")
+    def _reopen_after_file_errors(ctx) -> None:
+        # A connection SQLite opened while the file could not be written stays read-only for good: drop them all,
+        # so that the fixed file is opened afresh. (Not on SQLITE_FULL: closing the last connection deletes the
+        # -wal file, and a new one cannot be opened on a full disk, not even to read.)
+        name = getattr(ctx.original_exception, "sqlite_errorname", "") or ""
+        if name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
+            ctx.is_disconnect = True
 
 
 def private_sqlite_file(path: Path) -> None:
@@ -59,13 +129,25 @@ def private_sqlite_file(path: Path) -> None:
             pass
 
 
+log = logging.getLogger("labgate.db")
+
+
 class Database:
-    """The engine plus two session factories: readers, and writers (serialized up front on SQLite)."""
+    """The engine plus two session factories: readers, and writers (serialized up front on SQLite).
+
+    `problem` says why the database cannot be written now (None when it can): set by a request that failed on
+    it (`failed`) and by the service's periodic `probe`, cleared by the first probe that succeeds."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
+        self.path = sqlite_file(url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self.problem: str | None = None
+        self._cause: str | None = None  # the problem without the driver's words: logged when it changes
+        # Called when a request failed on the database (the service wakes its probe).
+        self.on_failure: Callable[[], None] | None = None
+        self._problem_lock = threading.Lock()
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self.engine.execution_options(**{_WRITE: True}), expire_on_commit=False)
 
@@ -77,3 +159,65 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    # --- faults ------------------------------------------------------------------------------------------------
+    def _cause_of(self, raw: str) -> str:
+        """Why the database cannot be used, from the file's state (the driver's message says little: "disk I/O
+        error" for a file that cannot be written). Names no path: it is shown to API users."""
+        if self.path is None:
+            return "the database is unavailable"
+        if not os.path.exists(self.path):
+            return "the database file is missing (removed or moved away)"
+        for f, what in ((self.path, "the file"), (self.path + "-wal", "its -wal file"),
+                        (os.path.dirname(self.path), "its folder")):
+            if os.path.exists(f) and not os.access(f, os.W_OK):
+                return f"the database is read-only ({what} is not writable)"
+        if "readonly" in raw.lower():  # a connection opened while it was (it is then opened again)
+            return "the database is read-only"
+        if "full" in raw.lower():
+            return "the database cannot grow: its disk is full"
+        try:
+            vfs = os.statvfs(os.path.dirname(self.path))
+            if vfs.f_bavail * vfs.f_frsize < 65536:
+                return "the database cannot grow: its disk is full"
+        except OSError:
+            pass
+        return "the database is unavailable"
+
+    def failed(self, exc: BaseException, *, record: bool = False) -> str:
+        """The one line to tell the user about a failure with `exc`. A request's failure only asks for a probe now
+        (`on_failure`): a passing "database is locked" must not mark the database (and /healthz) down; the probe's
+        own failure (`record`) sets `problem`."""
+        raw = next(iter(str(getattr(exc, "orig", None) or exc).splitlines()), "") or type(exc).__name__
+        cause = self._cause_of(raw)
+        message = f"{cause}: {raw}"
+        if not record:
+            if self.on_failure is not None:
+                self.on_failure()
+            return message
+        with self._problem_lock:
+            old, self._cause, self.problem = self._cause, cause, message
+        if cause != old:
+            log.error("event=database_unavailable path=%s %s", self.path or "-", message)
+        return message
+
+    def probe(self) -> str | None:
+        """A real write (the schema version rewritten with its own value) through the pool: records and returns
+        the problem, or clears it and returns None."""
+        try:
+            with self.engine.connect().execution_options(**{_WRITE: True}) as conn:
+                with conn.begin():
+                    if self.is_sqlite:
+                        version = conn.exec_driver_sql("PRAGMA user_version").scalar()
+                        conn.exec_driver_sql(f"PRAGMA user_version = {int(version or 0)}")
+                    else:
+                        conn.execute(text("SELECT 1"))
+        except Exception as exc:  # noqa: BLE001 - any failure is the database's problem
+            return self.failed(exc, record=True)
+        with self._problem_lock:
+            old, self._cause, self.problem = self._cause, None, None
+        if old is not None:
+            # Connections opened while the file could not be written stay read-only: start afresh.
+            self.engine.dispose()
+            log.info("event=database_ok path=%s", self.path or "-")
+        return None

@@ -80,7 +80,9 @@ class ConnectionWatcher:
         while not self._stop.is_set():
             try:
                 # This thread, and the conntrack child it starts, live in the gateway namespace; entered again
-                # on every start, since the namespace may have been re-created.
+                # on every start, since the namespace may have been re-created. Its identity is read first: if it
+                # changes in between, conntrack is restarted once more rather than left in a stale namespace.
+                inode = netns.netns_inode(self.netns)
                 netns.enter(self.netns)
                 self._proc = subprocess.Popen(self._command(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                               text=True, bufsize=1)
@@ -91,6 +93,8 @@ class ConnectionWatcher:
                 continue
             started = time.monotonic()
             threading.Timer(0.3, self._running).start()
+            threading.Thread(target=self._follow_namespace, args=(self._proc, inode),
+                             name=f"conntrack-ns-{self.gateway}", daemon=True).start()
             assert self._proc.stdout is not None and self._proc.stderr is not None
             for line in self._proc.stdout:
                 try:
@@ -106,6 +110,15 @@ class ConnectionWatcher:
                 delay = 1.0
             self._stop.wait(delay)
             delay = min(delay * 2, 30)
+
+    def _follow_namespace(self, proc: subprocess.Popen, inode: int | None) -> None:
+        """conntrack -E never exits when its namespace is deleted (it keeps the old one alive): end it when the
+        name now means another namespace (or none), so that the loop starts it again in the new one."""
+        while proc.poll() is None and not self._stop.wait(1.0):
+            if netns.netns_inode(self.netns) != inode:
+                log.warning("event=connection_watch_namespace_changed gateway=%s", self.gateway)
+                proc.terminate()
+                return
 
     def _running(self) -> None:
         proc = self._proc

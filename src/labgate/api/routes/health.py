@@ -17,7 +17,8 @@ async def healthz(request: Request) -> dict:
     # probe wait): so no sync dependency, no database, no lock held across I/O; only in-memory gateway state.
     # Deliberately no detail: an unauthenticated probe learns nothing about forwards or addresses.
     lg = request.app.state.labgate
-    healthy = all(gw.health().status in ("ok", "off") for gw in lg.dataplane.gateways.values())
+    healthy = lg.db.problem is None and all(gw.health().status in ("ok", "off")
+                                            for gw in lg.dataplane.gateways.values())
     return {"status": "ok" if healthy else "degraded"}
 
 
