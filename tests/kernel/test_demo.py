@@ -14,6 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from labgate.cli.demo import state_dir
@@ -26,9 +27,9 @@ ENV = {"COLUMNS": "200", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 READY = "Press Ctrl-C (or send SIGTERM) to stop serving."
 
 
-def labgate(*args: str) -> subprocess.CompletedProcess:
+def labgate(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "labgate", *args], capture_output=True, text=True, timeout=120,
-                          env=ENV)
+                          env={**ENV, **env})
 
 
 def new_prefix() -> str:
@@ -91,6 +92,24 @@ def test_demo_up_and_down(tmp_path: Path):
         assert "leftover" not in up.stdout  # labgate's server stopped its own children (conntrack)
         # labgate is gone, the lab (its services and forwarding table) stays: what is suggested still works.
         check_suggestions(up.stdout, serving=False, home=tmp_path)
+    finally:
+        remove_demo(prefix)
+
+
+def test_demo_keeps_to_its_own_settings(tmp_path: Path):
+    """LABGATE_* variables in the shell are for a real server: the demo neither writes to the database they name
+    nor meets the rate limit they set (it got 429s and died with a traceback)."""
+    prefix = new_prefix()
+    elsewhere = tmp_path / "a-real-server.db"
+    try:
+        up = labgate("demo", "--no-wait", "--prefix", prefix, "--port", str(free_port()),
+                     LABGATE_DATABASE=f"sqlite:///{elsewhere}", LABGATE_RATE_LIMIT="0.001",
+                     LABGATE_RATE_LIMIT_BURST="1")
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "'10.9.0.5:hello'" in up.stdout and "'10.9.0.6:hello'" in up.stdout
+        assert "Traceback" not in up.stdout + up.stderr
+        assert not elsewhere.exists()
+        assert (state_dir(prefix) / "labgate.db").exists()
     finally:
         remove_demo(prefix)
 
@@ -181,7 +200,8 @@ def test_demo_stops_cleanly_on_a_signal(signum: signal.Signals, tmp_path: Path):
     """(Bugs of issue 9: the demo blocked with no word on how to leave; it suggested `nc`, which nothing installs;
     and on SIGTERM or SIGHUP it died at once, leaving its `conntrack -E` child running.)"""
     prefix = new_prefix()
-    proc = subprocess.Popen([sys.executable, "-m", "labgate", "demo", "--prefix", prefix, "--port", str(free_port())],
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "labgate", "demo", "--prefix", prefix, "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
                             start_new_session=True)  # the signal goes to the demo alone, not to its children
     try:
@@ -192,6 +212,9 @@ def test_demo_stops_cleanly_on_a_signal(signum: signal.Signals, tmp_path: Path):
         assert "Ctrl-C" in ready_line
         assert f"demo --down --prefix {prefix}` removes the lab" in text
         check_suggestions(text, serving=True, home=tmp_path)
+        # The demo serves as `labgate serve` does: a local client cannot make it believe X-Forwarded-Proto/-For.
+        resp = httpx.get(f"http://127.0.0.1:{port}/healthz", headers={"X-Forwarded-Proto": "https"}, timeout=30)
+        assert resp.status_code == 200 and "strict-transport-security" not in resp.headers, resp.headers
 
         children = descendants(proc.pid)
         names = sorted(name for _, name in children.values())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import socket
 import threading
 import time
@@ -25,6 +26,7 @@ from labgate.workers.events import EventBus
 from labgate.workers.sinks import build_sinks
 from labgate.workers.sinks.base import DeliveryPolicy
 from labgate.workers.sinks.file import JsonLinesFileSink
+from labgate.workers.sinks.webhook import WebhookSink
 from tests.harness import free_port, require
 from tests.services.rsyslog import Rsyslog, TlsFiles, find_rsyslogd, make_tls_files, parse_rfc5424
 
@@ -173,6 +175,49 @@ def test_tcp_batch_is_split_by_octet_counting_not_merged(collector):
     assert [seq_of(line) for line in lines] == [e.seq for e in published]
     # rsyslog escapes control characters on reception: the LF stayed inside its own message.
     assert parse_rfc5424(lines[-1]).sd[SD]["name"] == "two#012lines"
+
+
+@contextmanager
+def descriptors_from(lowest: int) -> Iterator[None]:
+    """Within the block, a new descriptor is numbered `lowest` or more: the soft RLIMIT_NOFILE is raised (within
+    the hard limit) and every free number below `lowest` is taken by a dup of /dev/null. Both are undone after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = lowest + 256
+    if hard != resource.RLIM_INFINITY and hard < need:
+        require(False, f"the hard descriptor limit ({hard}) is below {need}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need if soft == resource.RLIM_INFINITY else max(soft, need), hard))
+    held: list[int] = []
+    try:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+        while held[-1] < lowest - 1:
+            held.append(os.dup(held[0]))  # the lowest free number each time: the holes fill up first
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_stream_sinks_work_on_descriptors_above_1023(collector, tls_files):
+    """labgate serve raises its descriptor limit, so a sink's socket may be numbered above 1023, where select()
+    refuses it: the sink took that for a closed connection, reconnected before every TCP batch, and never sent a
+    TLS one (its check for the collector refusing our certificate always said "closed"). poll() has no such bound."""
+    owner = marker()
+    sinks = build_sinks([syslog_config(t, collector.ports[t], tls_files) for t in ("tcp", "tls")])
+    try:
+        with descriptors_from(1100):
+            for sink in sinks:
+                sink.send([connection(1, owner)])
+                sock = sink._sock  # the connection the batch went on
+                assert sock is not None and sock.fileno() >= 1100, sink.type  # the test is about such a socket
+                sink.send([connection(2, owner)])
+                assert sink._sock is sock, f"{sink.type} reconnected for its second batch"
+        for transport in ("tcp", "tls"):
+            lines = collector.wait_for(transport, owned_by(owner), 2)
+            assert [parse_rfc5424(line).sd[SD]["name"] for line in lines] == ["vm1", "vm2"], transport
+    finally:
+        for sink in sinks:
+            sink.close()
 
 
 def test_tls_refuses_a_collector_it_cannot_verify_and_needs_our_certificate(own_tls_collector, tls_files):
@@ -386,6 +431,75 @@ def test_webhook_posts_batches_and_retries_after_a_500(tmp_path):
     assert all(status == 200 and len(body["events"]) <= 10 for status, _, _, body in accepted)
     delivered = [e for _, _, _, body in accepted for e in body["events"]]
     assert delivered == [e.to_dict() for e in published]  # the failed batch again, then the rest, each once
+
+
+class HugeAnswer:
+    """A collector on a raw socket that answers a POST with 200 and a 64 MiB body (declared, or chunked without a
+    length), written until the body is done or the client closes the connection: `sent` says how far it got."""
+
+    TOTAL = 64 * 1024 * 1024
+    CHUNK = 64 * 1024
+
+    def __init__(self, chunked: bool) -> None:
+        self.chunked = chunked
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sent = 0
+        self.cut_short: bool | None = None
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length:"))
+            while len(body) < length:
+                body += conn.recv(65536)
+            framing = b"Transfer-Encoding: chunked" if self.chunked else b"Content-Length: %d" % self.TOTAL
+            payload = b"x" * self.CHUNK
+            try:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n" + framing + b"\r\n\r\n")
+                while self.sent < self.TOTAL:
+                    conn.sendall(b"%x\r\n%s\r\n" % (self.CHUNK, payload) if self.chunked else payload)
+                    self.sent += self.CHUNK
+                if self.chunked:
+                    conn.sendall(b"0\r\n\r\n")
+                self.cut_short = False
+            except OSError:  # the client closed the connection (EPIPE or a reset)
+                self.cut_short = True
+            finally:
+                self.done.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_webhook_does_not_read_a_huge_answer(chunked: bool) -> None:
+    """(Issue 11: the answer was read whole into memory; a 400 MB one took labgate from 43 to 847 MiB.) The sink
+    reads at most 64 KiB of an answer and closes the connection: the collector sees it closed long before it has
+    written its 64 MiB (a reader taking it all would let it finish)."""
+    collector = HugeAnswer(chunked)
+    sink = WebhookSink("webhook-huge", f"http://127.0.0.1:{collector.port}/hook", timeout=30)
+    try:
+        sink.send([connection(1, "huge")])  # a 200: delivered
+        assert sink.connected
+        assert collector.done.wait(60), "the collector is still writing"
+        assert collector.cut_short is True, f"the whole answer was read ({collector.sent} bytes)"
+        assert collector.sent < HugeAnswer.TOTAL
+    finally:
+        sink.close()
+        collector.close()
 
 
 # --- the bus itself -------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.progress import Progress
 
 from labgate.cli import context as ctxmod
-from labgate.cli.output import Col, Format, console, emit_json, err_console, fail, table
+from labgate.cli.output import Col, Format, console, emit_json, err_console, fail, retry_note, table
 from labgate.client import Client, Forward, LabgateError, ValidationFailed
 
 ContextOpt = Annotated[Optional[str], typer.Option("--context", help="named context from the client config")]
@@ -41,7 +41,7 @@ def handled(fn: Callable) -> Callable:
 
 def client_for(context: str | None) -> tuple[Client, ctxmod.Context]:
     ctx = ctxmod.resolve(context)
-    return Client(ctx.url, ctx.token), ctx
+    return Client(ctx.url, ctx.token, on_retry=retry_note), ctx
 
 
 # On a narrow terminal the columns with a `drop` rank go first (highest first), then long cells are cut.
@@ -107,7 +107,7 @@ def login(
         raise fail(ValidationFailed("no token given", hint="create one on the server: `labgate token create NAME`"))
     if verify:
         try:
-            with Client(url, token) as c:
+            with Client(url, token, on_retry=retry_note) as c:
                 c.list_gateways()
         except LabgateError as exc:
             raise fail(exc) from None

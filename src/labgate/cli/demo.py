@@ -7,6 +7,11 @@ Stopping: Ctrl-C (SIGINT), SIGTERM and SIGHUP all stop the demo the same way - l
 cleanly (so its workers stop their own children, like `conntrack -E`), then the lab's services are stopped; the
 namespaces (and the forwarding table in the gateway's) stay until `labgate demo --down`. The demo leaves no
 process behind. With --no-wait the demo ends after the show and the lab, services included, stays up.
+
+labgate is served as `labgate serve` serves it (labgate.api.http.make_server: the connection bound, header and body
+deadlines, no X-Forwarded-* trusted) with the default limits, and spoken to through the SDK (labgate.client: a 429
+is waited out, an error is one line and a hint). Its settings are its own: LABGATE_* variables meant for a real
+server (LABGATE_DATABASE, LABGATE_RATE_LIMIT, ...) do not reach it.
 """
 
 from __future__ import annotations
@@ -23,13 +28,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from labgate import lab as lablib
-from labgate.cli.output import Col, table
+from labgate.cli.output import Col, fail, retry_note, table
+from labgate.client import Client, Forward, LabgateError
 
 console = Console()
 
@@ -80,9 +85,9 @@ def tcp_probe_command(client_ns: str, address: str, port: int) -> str:
     return shlex.join([_program("ip", lablib._ip_binary()), "netns", "exec", client_ns, sys.executable, "-c", code])
 
 
-def suggestions(lab: lablib.Lab, table_name: str, url: str, token: str, ssh: dict, serving: bool) -> list[str]:
+def suggestions(lab: lablib.Lab, table_name: str, url: str, token: str, ssh: Forward, serving: bool) -> list[str]:
     """Commands for the reader to try, as printed (tests run every one of them)."""
-    lines = [tcp_probe_command(lab.client_ns, ssh["external_address"], ssh["external_port"]),
+    lines = [tcp_probe_command(lab.client_ns, ssh.external_address or lab.external_address, ssh.external_port),
              shlex.join([_program("ip", lablib._ip_binary()), "netns", "exec", lab.gateway_ns,
                          _program("nft", "/usr/sbin/nft"), "list", "table", "ip", table_name])]
     if serving:
@@ -92,6 +97,19 @@ def suggestions(lab: lablib.Lab, table_name: str, url: str, token: str, ssh: dic
             lines.append(shlex.join(["curl", "-sS", "-H", f"Authorization: Bearer {token}",
                                      f"{url}/api/v1/forwards"]))
     return lines
+
+
+def demo_server_config(**values: object):
+    """The demo server's [server] settings: `values` and the defaults, never the environment (ServerConfig lets
+    LABGATE_* win over what it is given: LABGATE_DATABASE would point the demo at a real server's database)."""
+    from labgate.config import ServerConfig
+
+    class DemoServerConfig(ServerConfig):
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, **_other_sources):  # noqa: ANN001
+            return (init_settings,)
+
+    return DemoServerConfig(**values)
 
 
 # --- stopping on a signal -------------------------------------------------------------------------------------------
@@ -185,10 +203,9 @@ class Demo:
         self.table_name = ""
 
     def build(self) -> None:
-        import uvicorn
-
         from labgate.api.app import create_app
-        from labgate.config import GatewayConfig, ServerConfig, Settings
+        from labgate.api.http import make_server
+        from labgate.config import GatewayConfig, Settings
         from labgate.core.tokens import create_token
         from labgate.service import Labgate
 
@@ -206,13 +223,15 @@ class Demo:
                                     port_range=["4000-4099"], target_networks=[lab.lab_network])
             self.table_name = gateway.table_name
             settings = Settings(
-                server=ServerConfig(listen=f"127.0.0.1:{self.port}", database=f"sqlite:///{state}/labgate.db"),
+                server=demo_server_config(listen=f"127.0.0.1:{self.port}",
+                                          database=f"sqlite:///{state}/labgate.db"),
                 gateway=[gateway],
             )
             status.update("starting labgate")
             self.lg = Labgate(settings)
-            self.server = uvicorn.Server(uvicorn.Config(create_app(self.lg), host="127.0.0.1", port=self.port,
-                                                        log_level="warning"))
+            # The server `labgate serve` runs, with its defences (and the default limits).
+            self.server = make_server(create_app(self.lg), settings.server, host="127.0.0.1", port=self.port,
+                                      log_level="warning")
             self.thread = threading.Thread(target=self.server.run, name="labgate-demo-server", daemon=True)
             self.thread.start()
             deadline = time.monotonic() + 30
@@ -224,7 +243,7 @@ class Demo:
                 time.sleep(0.05)
             self.token = create_token(self.lg.db, "demo")
 
-    def show(self) -> dict:
+    def show(self) -> Forward:
         """Forward into the lab through the API and show each connection's answer; returns the ssh forward."""
         lab = self.lab
         assert lab is not None
@@ -233,7 +252,7 @@ class Demo:
             f"(namespace {lab.gateway_ns}) -> machines {m1}, {m2} in {lab.lab_network}")
         say(f"[bold]labgate[/] at {self.url}, token for user 'demo': {escape(self.token)}\n")
         rows = []
-        with httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=10) as c:
+        with Client(self.url, self.token, timeout=10, on_retry=retry_note) as c:
             before = lablib.tcp_request(lab.client_ns, lab.external_address, 4000, "hello", timeout=1)
             rows.append(("(none yet)", f"tcp {lab.external_address}:4000", "-", repr(before)))
             plan = [
@@ -241,34 +260,28 @@ class Demo:
                 dict(name="web1", kind="centos", target_address=m2, target_port=80),
                 dict(name="centos1", kind="centos", target_address=m1, target_port=53, protocol="udp"),
             ]
-            created = []
-            for body in plan:
-                r = c.post("/api/v1/forwards", json=body)
-                r.raise_for_status()
-                created.append(r.json())
+            created = [c.create_forward(**body) for body in plan]
             for f in created:
-                ask = lablib.tcp_request if f["protocol"] == "tcp" else lablib.udp_request
-                answer = ask(lab.client_ns, lab.external_address, f["external_port"], "hello")
-                rows.append((f"#{f['id']} {f['name']} {f['protocol']}/{f['target_port']}",
-                             f"{f['protocol']} {f['external_address']}:{f['external_port']}",
-                             f"{f['target_address']}:{f['target_port']}", repr(answer)))
-            ssh = created[0]
-            r = c.patch(f"/api/v1/forwards/{ssh['id']}", json={"target_address": m2})
-            r.raise_for_status()
-            ssh = r.json()
-            answer = lablib.tcp_request(lab.client_ns, lab.external_address, ssh["external_port"], "hello")
-            rows.append((f"#{ssh['id']} retargeted", f"tcp {lab.external_address}:{ssh['external_port']}",
+                ask = lablib.tcp_request if f.protocol == "tcp" else lablib.udp_request
+                answer = ask(lab.client_ns, lab.external_address, f.external_port, "hello")
+                rows.append((f"#{f.id} {f.name} {f.protocol}/{f.target_port}",
+                             f"{f.protocol} {f.external_address}:{f.external_port}",
+                             f"{f.target_address}:{f.target_port}", repr(answer)))
+            ssh = c.update_forward(created[0].id, target_address=m2)
+            answer = lablib.tcp_request(lab.client_ns, lab.external_address, ssh.external_port, "hello")
+            rows.append((f"#{ssh.id} retargeted", f"tcp {lab.external_address}:{ssh.external_port}",
                          f"{m2}:22", repr(answer)))
-            c.delete(f"/api/v1/forwards/{created[1]['id']}").raise_for_status()
-            answer = lablib.tcp_request(lab.client_ns, lab.external_address, created[1]["external_port"], "hello",
+            web = created[1]
+            c.delete_forward(web.id)
+            answer = lablib.tcp_request(lab.client_ns, lab.external_address, web.external_port, "hello",
                                         timeout=1)
-            rows.append((f"#{created[1]['id']} deleted", f"tcp {lab.external_address}:{created[1]['external_port']}",
-                         "-", repr(answer)))
+            rows.append((f"#{web.id} deleted", f"tcp {lab.external_address}:{web.external_port}", "-",
+                         repr(answer)))
         table((Col("forward"), Col("request", cut=False), Col("reaches", cut=False), Col("answer")), rows, out=console)
         say("\nEach answer is '<machine that answered>:<payload>'; None means no connection.")
         return ssh
 
-    def suggest(self, ssh: dict, serving: bool) -> None:
+    def suggest(self, ssh: Forward, serving: bool) -> None:
         assert self.lab is not None
         say("\nTry it yourself, as root, in another shell:" if serving else "\nTry it yourself, as root:")
         for line in suggestions(self.lab, self.table_name, self.url, self.token, ssh, serving):
@@ -335,6 +348,7 @@ def run_demo(prefix: str, port: int, wait: bool) -> None:
     demo = Demo(prefix, port)
     shown = False
     stopped: Stopped | None = None
+    failed: typer.Exit | None = None
     with stop_on_signals() as guard:
         try:
             if lablib.list_labs(prefix):
@@ -352,8 +366,13 @@ def run_demo(prefix: str, port: int, wait: bool) -> None:
             stopped = exc
             say(f"\n{exc.name}: stopping labgate and the lab's services; the lab's namespaces stay "
                 f"(`{escape(down_command(prefix))}` removes them)")
+        except LabgateError as exc:  # the API refused a step of the show: one line and a hint, then the cleanup
+            failed = fail(exc)
         finally:
             guard.disarm()  # a second signal must not cut the cleanup short
             demo.shutdown(keep_services=shown and not wait and stopped is None)
+    if failed is not None:
+        say(f"the lab's namespaces stay: `{escape(down_command(prefix))}` removes them")
+        raise failed
     if stopped is not None and not shown:
         raise typer.Exit(128 + stopped.signum)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -143,6 +144,11 @@ def fail(exc: LabgateError) -> typer.Exit:
 def note(message: str) -> None:
     """One informational line on stderr (stdout stays parseable)."""
     err_console.print(f"[dim]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def retry_note(seconds: float, error: LabgateError) -> None:
+    """Why a command pauses: the server answered 429 and the client waits as it was told (labgate.client)."""
+    note(f"{error.message}; waiting {math.ceil(seconds)} s before trying again")
 
 
 # --- help ------------------------------------------------------------------------------------------------------------

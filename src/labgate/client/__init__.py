@@ -7,7 +7,8 @@
         print(f"ssh -p {ssh.external_port} user@{ssh.external_address}")
 
 Errors are all LabgateError subclasses (Unauthorized, NotFound, PortTaken, RangeExhausted, ValidationFailed,
-Unavailable, ConnectionFailed, ...), each with `.message`, `.code`, `.field` and a `.hint` saying what to do.
+Unavailable, ConnectionFailed, RateLimited, ...), each with `.message`, `.code`, `.field` and a `.hint` saying what
+to do. A 429 (rate limited) is retried after the server's Retry-After, a few times at most (see Client).
 """
 
 from labgate.client.api import Client
@@ -20,6 +21,7 @@ from labgate.client.errors import (
     NotFound,
     PortTaken,
     RangeExhausted,
+    RateLimited,
     ServerError,
     Unauthorized,
     Unavailable,
@@ -29,6 +31,6 @@ from labgate.client.models import Forward, Gateway, Machine
 
 __all__ = [
     "Client", "Forward", "Gateway", "Machine", "LabgateError", "ConfigError", "Conflict", "ConnectionFailed",
-    "Forbidden", "NotFound", "PortTaken", "RangeExhausted", "ServerError", "Unauthorized", "Unavailable",
-    "ValidationFailed",
+    "Forbidden", "NotFound", "PortTaken", "RangeExhausted", "RateLimited", "ServerError", "Unauthorized",
+    "Unavailable", "ValidationFailed",
 ]

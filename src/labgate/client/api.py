@@ -2,26 +2,51 @@
 
 from __future__ import annotations
 
+import email.utils
+import math
 import os
-from typing import Any, Iterator
+import time
+from typing import Any, Callable, Iterator
 
 import httpx
 
 from labgate import __version__
-from labgate.client.errors import ConfigError, ConnectionFailed, LabgateError, error_for
+from labgate.client.errors import ConfigError, ConnectionFailed, LabgateError, RateLimited, error_for
 from labgate.client.models import Forward, Gateway, Machine
 
 PAGE = 1000
+# A 429 without a usable Retry-After is retried after this many seconds.
+DEFAULT_RETRY_AFTER = 1.0
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After (RFC 9110 10.2.3) in seconds: delay-seconds or an HTTP-date; None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 class Client:
     """A labgate API client. `url` and `token` default to $LABGATE_URL and $LABGATE_TOKEN.
 
-    Every method raises a LabgateError subclass on failure; nothing is retried behind your back.
+    Every method raises a LabgateError subclass on failure. The one thing retried is a 429 (rate limited): the
+    request is sent again after the server's Retry-After, at most `max_attempts` times in all and as long as the
+    waits add up to at most `max_retry_wait` seconds; past that, RateLimited. `on_retry(seconds, error)` is called
+    before each wait (the CLI says why it pauses).
     """
 
     def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, max_attempts: int = 4, max_retry_wait: float = 30.0,
+                 on_retry: Callable[[float, LabgateError], None] | None = None) -> None:
         url = url or os.environ.get("LABGATE_URL")
         token = token or os.environ.get("LABGATE_TOKEN")
         if not url:
@@ -33,24 +58,61 @@ class Client:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+        self.max_attempts = max(1, max_attempts)
+        self.max_retry_wait = max(0.0, max_retry_wait)
+        self.on_retry = on_retry
 
     # --- plumbing ------------------------------------------------------------------------------------------------
     def _request(self, method: str, path: str, **kw: Any) -> Any:
-        try:
-            resp = self._http.request(method, path, **kw)
-        except httpx.TimeoutException:
-            raise ConnectionFailed(f"labgate at {self.url} did not answer in time") from None
-        except httpx.HTTPError as exc:
-            raise ConnectionFailed(f"cannot reach labgate at {self.url}: {exc}") from None
-        if resp.status_code >= 400:
+        waited = 0.0
+        attempt = 1
+        while True:
+            try:
+                resp = self._http.request(method, path, **kw)
+            except httpx.TimeoutException:
+                raise ConnectionFailed(f"labgate at {self.url} did not answer in time") from None
+            except httpx.HTTPError as exc:
+                raise ConnectionFailed(f"cannot reach labgate at {self.url}: {exc}") from None
+            if resp.status_code < 400:
+                break
             try:
                 body = resp.json()
             except ValueError:
                 body = resp.text
-            raise error_for(resp.status_code, body)
+            error = error_for(resp.status_code, body)
+            if not isinstance(error, RateLimited):
+                raise error
+            # Retrying is safe for every method, POST included: labgate answers 429 (rate limit, failed logins)
+            # in its front door, before the request reaches a route, so a refused request did nothing.
+            # Other errors are not retried: a create that failed in any other way may have been done.
+            wait = retry_after_seconds(resp.headers.get("retry-after"))
+            error.retry_after = wait
+            wait = DEFAULT_RETRY_AFTER if wait is None else wait
+            if attempt >= self.max_attempts or waited + wait > self.max_retry_wait:
+                raise self._gave_up(error, attempt, waited, wait)
+            if self.on_retry is not None:
+                self.on_retry(wait, error)
+            time.sleep(wait)
+            waited += wait
+            attempt += 1
         if resp.status_code == 204 or not resp.content:
             return None
         return resp.json()
+
+    def _gave_up(self, error: RateLimited, attempts: int, waited: float, wait: float) -> RateLimited:
+        """The error to raise when a 429 is not retried any more: what the server said, and why we stop."""
+        tried = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+        if waited:
+            tried += f" over {math.ceil(waited)} s"
+        if attempts >= self.max_attempts:
+            why = "no attempt left"
+        else:
+            why = f"waiting {math.ceil(wait)} s more would pass this client's {self.max_retry_wait:g} s limit"
+        error.message = f"{error.message} (gave up after {tried}: {why})"
+        error.args = (error.message,)
+        if wait and error.code != "too_many_failures":
+            error.hint = f"nothing was changed; try again in {math.ceil(wait)} s"
+        return error
 
     def close(self) -> None:
         self._http.close()

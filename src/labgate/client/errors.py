@@ -74,6 +74,23 @@ class Unavailable(LabgateError):
     default_hint = "nothing was changed; try again, and tell the admin if it persists"
 
 
+class RateLimited(LabgateError):
+    """The server refused the request for now (429: too many requests with this token, or too many failed logins
+    from this address) and the client stopped waiting for it; nothing was changed. `retry_after`: the seconds the
+    server last asked to wait (None if it did not say)."""
+
+    exit_code = 6
+    default_hint = "nothing was changed; wait a little and try again (an admin can raise [server] rate_limit)"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+FAILED_LOGINS_HINT = ("too many refused tokens came from this address: check the token (`labgate login --url URL`), "
+                      "then try again after the time above")
+
+
 class ServerError(LabgateError):
     exit_code = 1
     default_hint = "nothing was changed; the server log says more"
@@ -105,6 +122,9 @@ def error_for(status: int, body: object) -> LabgateError:
         return cls(message, **kwargs)
     if status in (400, 422):
         return ValidationFailed(message, **kwargs)
+    if status == 429:
+        hint = FAILED_LOGINS_HINT if code == "too_many_failures" else None
+        return RateLimited(message, hint=hint, **kwargs)
     if status == 503:
         return Unavailable(message, **kwargs)
     return ServerError(message, **kwargs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import time
 from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlsplit
@@ -13,12 +14,18 @@ from labgate import __version__
 from labgate.events import Event
 from labgate.workers.sinks.base import DeliveryError, DeliveryPolicy, Sink
 
+# The most of a collector's answer that is read (and thrown away): only its status matters. A longer answer is
+# not read to its end; its connection is closed instead.
+MAX_ANSWER_BYTES = 64 * 1024
+
 
 class WebhookSink(Sink):
     """POST {"events": [event, ...]} (JSON, Event.to_dict() each) to a URL; a 2xx answer means delivered.
 
     The bearer token is read from token_file at every request (a rotated token needs no restart). Errors name
-    only the URL's scheme, host and port: webhook paths often carry secrets."""
+    only the URL's scheme, host and port: webhook paths often carry secrets. The answer's body is streamed and
+    discarded, at most MAX_ANSWER_BYTES of it within `timeout`: a collector cannot make labgate hold a huge
+    answer in memory, or keep it reading one forever."""
 
     type = "webhook"
 
@@ -57,12 +64,28 @@ class WebhookSink(Sink):
             self._client = httpx.Client(timeout=self.timeout, verify=self._verify, follow_redirects=False,
                                         headers={"User-Agent": f"labgate/{__version__}"})
         try:
-            response = self._client.post(self.url, content=body, headers=headers)
+            with self._client.stream("POST", self.url, content=body, headers=headers) as response:
+                status = response.status_code
+                self._drain(response)
         except httpx.HTTPError as exc:
             raise DeliveryError(f"POST {self._where}: {type(exc).__name__}: {exc}") from None
-        if not 200 <= response.status_code < 300:
-            raise DeliveryError(f"POST {self._where}: HTTP {response.status_code}")
+        if not 200 <= status < 300:
+            raise DeliveryError(f"POST {self._where}: HTTP {status}")
         self._ok = True
+
+    def _drain(self, response: httpx.Response) -> None:
+        """Read and discard the answer's body, up to MAX_ANSWER_BYTES and `timeout` seconds; when there is more,
+        leave it unread: closing a response that was not read to its end closes its connection (httpx), so the
+        next batch opens a new one. A short answer read to its end keeps the connection for the next batch."""
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+            return  # not worth reading any of it
+        deadline = time.monotonic() + self.timeout
+        size = 0
+        for chunk in response.iter_raw(16 * 1024):
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES or time.monotonic() > deadline:
+                return
 
     def close(self) -> None:
         client, self._client = self._client, None
