@@ -150,6 +150,17 @@ def test_filters_and_pages(api: Api) -> None:
         assert_error(api.admin.get(AUDIT, params=params), 422, "invalid")
 
 
+def test_since_is_rfc_3339_text_only(api: Api) -> None:
+    """`since` is documented as an RFC 3339 time: a number is not one (pydantic's lax datetime took it as a Unix
+    time, and `0.5` answered 200), nor is a time without seconds or with a space for its "T"."""
+    api.create(name="a")
+    for bad in ("0.5", "1700000000", "-1", "2026-01-01 00:00:00Z", "2026-01-01T00:00Z", "2026-01-01",
+                "2026-01-01T00:00:00+0100"):
+        assert_error(api.admin.get(AUDIT, params={"since": bad}), 422, "invalid", "since")
+    for good in ("2000-01-01T00:00:00Z", "2000-01-01t00:00:00.5z", "2000-01-01T01:00:00+01:00"):
+        assert [e["action"] for e in entries(api, since=good, object_type="forward")] == ["forward.create"], good
+
+
 def test_audit_events_go_to_the_sinks(sqlite_url: str, tmp_path: Path) -> None:
     events_file = tmp_path / "events.jsonl"
     settings = make_settings(sqlite_url)

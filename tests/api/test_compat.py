@@ -146,8 +146,10 @@ class Vlab:
         self.clients.append(c)
         return c
 
-    def raw(self) -> httpx.Client:
-        c = httpx.Client(base_url=self.server.url, timeout=30, headers={"User-Agent": CLI_AGENT})
+    def raw(self, local_address: str | None = None) -> httpx.Client:
+        """A session without a token; `local_address` (e.g. 127.0.0.9) is the address its connections come from."""
+        transport = httpx.HTTPTransport(local_address=local_address) if local_address else None
+        c = httpx.Client(base_url=self.server.url, timeout=30, headers={"User-Agent": CLI_AGENT}, transport=transport)
         self.clients.append(c)
         return c
 
@@ -545,6 +547,55 @@ def test_openapi_lists_the_compat_paths_when_enabled(vlab: Vlab) -> None:
     assert "get" in paths[ADDR] and "get" in paths[HEALTH] and "get" in paths[QUOTA]
 
 
+def test_openapi_documents_the_compat_calls_as_they_answer(vlab: Vlab) -> None:
+    """Each vLab call is documented with its token (X-Auth), its parameters or body, and every status it answers
+    with the envelope's schema (they used to document no parameter, no body, no X-Auth and no status but 200);
+    real answers, good and bad, have the documented shape."""
+    spec = vlab.raw().get("/openapi.json").json()
+    scheme = spec["components"]["securitySchemes"]["vLabToken"]
+    assert (scheme["type"], scheme["in"], scheme["name"]) == ("apiKey", "header", "X-Auth")
+    ops = {(method.upper(), path): op for path, item in spec["paths"].items() if path.startswith("/api/1/")
+           for method, op in item.items()}
+    statuses = {("GET", PORTMAP): {"200", "400", "401", "413", "429", "500"},
+                ("POST", PORTMAP): {"200", "400", "401", "409", "413", "429", "500"},
+                ("DELETE", PORTMAP): {"200", "400", "401", "404", "413", "429", "500"},
+                ("GET", ADDR): {"200", "400", "401", "413", "429", "500"},
+                ("GET", QUOTA): {"200", "401", "413", "429", "500"}, ("GET", HEALTH): {"200"}}
+    assert {key: set(op["responses"]) for key, op in ops.items()} == statuses
+    for key, op in ops.items():
+        assert op.get("security") == (None if key[1] == HEALTH else [{"vLabToken": []}]), key
+        for status, answer in op["responses"].items():
+            ref = answer["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+            assert ref == {"200": ref, "413": "ErrorOut"}.get(status, "VlabFailed"), (key, status, ref)
+    assert [p["name"] for p in ops[("GET", PORTMAP)]["parameters"]] == [
+        "name", "target_addr", "component", "conn_port", "target_port"]
+    assert sorted(p["name"] for p in ops[("GET", ADDR)]["parameters"]) == ["addr", "component", "name"]
+    create = ops[("POST", PORTMAP)]["requestBody"]["content"]["application/json"]["schema"]
+    assert sorted(create["required"]) == ["target_addr", "target_component", "target_name", "target_port"]
+    assert create["properties"]["target_port"] == {"type": "integer", "minimum": 1, "maximum": 65535}
+    assert "additionalProperties" not in create  # extra keys are ignored, as the original's schema did
+    assert ops[("DELETE", PORTMAP)]["requestBody"]["content"]["application/json"]["schema"]["required"] == [
+        "conn_port"]
+
+    # Real answers have the documented shapes (the models the schema is made of, strictly).
+    from labgate.api.routes import compat as routes
+
+    cli = vlab.cli("alice")
+    port = map_port(cli, "10.9.0.5", 22, "c1", "CentOS")
+    answers = [(cli.get(PORTMAP), routes.VlabPortsOk), (cli.get(ADDR, params={"name": "c1"}), routes.VlabMachinesOk),
+               (cli.get(QUOTA), routes.VlabQuotaOk), (vlab.raw().get(HEALTH), routes.VlabHealth),
+               (cli.post(PORTMAP, json={"target_addr": "10.9.0.6", "target_port": 22, "target_name": "c2",
+                                        "target_component": "CentOS"}), routes.VlabConnPortOk),
+               (delete(cli, {"conn_port": port}), routes.VlabDeletedOk)]
+    for resp in (vlab.raw().get(PORTMAP), cli.get(PORTMAP, params={"conn_port": "x"}),
+                 delete(cli, {"conn_port": port}), cli.post(PORTMAP, json={"target_addr": "10.9.0.5"})):
+        assert resp.status_code in (400, 401, 404), resp.text
+        answers.append((resp, routes.VlabFailed))
+    for resp, model in answers:
+        model.model_validate(resp.json(), strict=True)
+        assert str(resp.status_code) in ops[(resp.request.method, resp.request.url.path)]["responses"]
+
+
 # --- authentication ---------------------------------------------------------------------------------------------
 def bad_tokens(v: Vlab) -> list[tuple[str, str | None, str]]:
     wrong_key = secrets.token_urlsafe(48).encode()
@@ -585,8 +636,9 @@ def tamper(token: str) -> str:
 def test_bad_tokens_are_401_in_the_envelope_and_change_nothing(vlab: Vlab) -> None:
     map_port(vlab.cli("alice"), "10.9.0.5", 22, "c1", "CentOS")
     before = db_rows(vlab.url)
-    for label, token, words in bad_tokens(vlab):
-        c = vlab.raw()
+    for i, (label, token, words) in enumerate(bad_tokens(vlab)):
+        # Each bad token from its own address: one address would meet the failed-login limit (20 a minute).
+        c = vlab.raw(local_address=f"127.0.0.{10 + i}")
         headers = {} if token is None else {"X-Auth": token}
         for method, path, params, body in (
                 ("GET", PORTMAP, {"name": "c1"}, None),

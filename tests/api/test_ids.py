@@ -3,12 +3,16 @@ kernel change and its commit (design.md, "The nftables shape")."""
 
 from __future__ import annotations
 
+import sqlite3
+
 import httpx
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from labgate.db.models import Forward
-from tests.api.conftest import FORWARDS, Api, db_count
+from tests.api.conftest import FORWARDS, Api, assert_error, db_count, db_file, gw
+from tests.conftest import make_settings
+from tests.harness import running_server
 
 
 def test_a_create_that_never_committed_does_not_give_its_id_to_the_next_forward(api: Api) -> None:
@@ -49,3 +53,41 @@ def test_ids_are_not_reused_after_a_delete(api: Api) -> None:
     assert api.alice.delete(f"{FORWARDS}/{b['id']}").status_code == 204
     c = api.create(name="c")
     assert c["id"] > b["id"] > a["id"]
+
+
+def sequence(url: str) -> dict[str, int]:
+    """SQLite's AUTOINCREMENT counters, read straight from the file."""
+    con = sqlite3.connect(db_file(url), timeout=30)
+    try:
+        return dict(con.execute("SELECT name, seq FROM sqlite_sequence"))
+    finally:
+        con.close()
+
+
+def test_a_refused_create_takes_no_id(sqlite_url: str) -> None:
+    """A create refused with 409 (port_taken, range_exhausted, quota_exceeded) changes nothing, not even the id
+    counter: the next forward made gets the id right after the last one. (Ids are connection marks, a finite space
+    refused requests must not use up.)"""
+    settings = make_settings(sqlite_url, gateways=[gw(port_range=["4000-4003"])])
+    settings.limits.forwards_per_owner = 2
+    with running_server(settings) as srv, srv.client(srv.token("alice")) as alice, \
+            srv.client(srv.token("bob")) as bob:
+        def create(client: httpx.Client, **body: object) -> httpx.Response:
+            return client.post(FORWARDS, json={"target_address": "10.9.0.5", "target_port": 22, **body})
+
+        first = create(alice, external_port=4000)
+        assert first.status_code == 201, first.text
+        counters = sequence(sqlite_url)
+        assert_error(create(bob, external_port=4000), 409, "port_taken")
+        assert_error(create(bob, port_count=4), 409, "range_exhausted")
+        assert sequence(sqlite_url) == counters
+        second = create(alice, port_count=2)
+        assert second.status_code == 201, second.text
+        assert second.json()["id"] == first.json()["id"] + 1
+        counters = sequence(sqlite_url)
+        assert_error(create(alice), 409, "quota_exceeded")
+        assert_error(create(bob, external_port=4002, port_count=2), 409, "port_taken")
+        assert sequence(sqlite_url) == counters
+        third = create(bob)
+        assert third.status_code == 201, third.text
+        assert third.json()["id"] == second.json()["id"] + 1

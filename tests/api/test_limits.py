@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from contextlib import ExitStack
 
 import pytest
@@ -13,6 +14,7 @@ from tests.conftest import make_settings
 from tests.harness import running_server
 
 LIMITS = "/api/v1/limits"
+AUDIT = "/api/v1/audit"
 
 
 @pytest.fixture
@@ -86,3 +88,36 @@ def test_limits_from_the_config_file(tmp_path):
     path.write_text("[limits]\nforwards_per_owner = -1\n")
     with pytest.raises(ConfigError, match="forwards_per_owner"):
         load_settings(path)
+
+
+def test_limit_changes_are_audited(srv):
+    """Every change of an owner's limits is in the audit trail like every other change: who (actor, token,
+    address), the limits before and after (null: the [limits] default); a refused one leaves no record."""
+    server, c = srv
+
+    def limit_entries():
+        resp = c["root"].get(AUDIT, params={"object_type": "limits", "limit": 1000})
+        assert resp.status_code == 200, resp.text
+        return resp.json()["results"]
+
+    assert limit_entries() == []
+    assert c["root"].put(f"{LIMITS}/alice", json={"forwards": 10, "ports": 0}).status_code == 200
+    assert c["root"].put(f"{LIMITS}/alice", json={"forwards": 4}).status_code == 200
+    assert c["root"].put(f"{LIMITS}/alice", json={"forwards": None, "ports": None}).status_code == 200
+    assert c["alice"].put(f"{LIMITS}/alice", json={"forwards": 100}).status_code == 403
+    assert c["root"].put(f"{LIMITS}/alice", json={"forwards": -1}).status_code == 422
+    got = limit_entries()
+    con = sqlite3.connect(server.labgate.db.path, timeout=30)
+    try:
+        [(root_token,)] = con.execute("SELECT id FROM tokens WHERE owner = 'root'").fetchall()
+    finally:
+        con.close()
+    assert [(e["action"], e["object_type"], e["object_id"], e["actor"], e["token_id"], e["client"]) for e in got] \
+        == [("limits.update", "limits", None, "root", root_token, "127.0.0.1")] * 3
+    assert [(e["before"], e["after"]) for e in got] == [
+        ({"owner": "alice", "forwards": None, "ports": None}, {"owner": "alice", "forwards": 10, "ports": 0}),
+        ({"owner": "alice", "forwards": 10, "ports": 0}, {"owner": "alice", "forwards": 4, "ports": None}),
+        ({"owner": "alice", "forwards": 4, "ports": None}, {"owner": "alice", "forwards": None, "ports": None}),
+    ]
+    assert [e["id"] for e in c["root"].get(AUDIT, params={"action": "limits.update"}).json()["results"]] == \
+        [e["id"] for e in got]

@@ -91,6 +91,18 @@ def test_token_creation_input_is_checked(api: Api) -> None:
     assert [t["owner"] for t in api.admin.get(TOKENS).json()["results"]] == ["alice", "bob", "root"]
 
 
+def test_expires_at_is_rfc_3339_text_only(api: Api) -> None:
+    """expires_at is documented as an RFC 3339 string: a JSON number (a Unix time to pydantic's lax datetime) or
+    numeric text is refused, and so is a time in another form."""
+    for bad in (4102444800, 4102444800.5, "4102444800", "2099-01-01 00:00:00Z", "2099-01-01", "2099-01-01T00:00Z"):
+        assert_error(api.admin.post(TOKENS, json={"owner": "carol", "expires_at": bad}), 422, "invalid",
+                     "expires_at")
+    assert [t["owner"] for t in api.admin.get(TOKENS).json()["results"]] == ["alice", "bob", "root"]
+    made = api.admin.post(TOKENS, json={"owner": "carol", "expires_at": "2099-01-01T01:00:00+01:00"})
+    assert made.status_code == 201, made.text
+    assert parse_time(made.json()["expires_at"]) == datetime(2099, 1, 1, tzinfo=timezone.utc)
+
+
 def test_networks_are_normalized(api: Api) -> None:
     made = api.admin.post(TOKENS, json={"owner": "carol", "allowed_networks": ["127.0.0.1/8", "2001:db8::1/32",
                                                                               "127.0.0.0/8"]}).json()

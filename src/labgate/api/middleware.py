@@ -8,6 +8,11 @@ for the routes' dependency. The caller's token then draws from its token bucket 
 Content-Length is 413 before a byte is read; a body of unknown length is counted while read, 413 when it goes over.
 Bodies of /api/* requests are read here (never more than the limit) and handed on whole.
 
+Failed logins (any 401 to a request that carried a bearer token or the vLab `X-Auth` JWT, whoever answered it) are
+counted per client address, the TCP peer (see FailedLogins): after `failed_login_limit` of them within
+`failed_login_window` seconds, every request from that address that carries a credential is answered 429 with
+Retry-After until the window ends, before its credential is looked at.
+
 Not authenticated here: /healthz, /docs and its assets, /openapi.json, /metrics (its route does it), and the vLab
 API /api/1/* (its JWT is checked by its own router). When authentication itself fails (the database is down) there
 is no verdict here: the route's dependency authenticates again and the app's exception handlers answer."""
@@ -15,11 +20,14 @@ is no verdict here: the route's dependency authenticates again and the app's exc
 from __future__ import annotations
 
 import inspect
+import ipaddress
 import json
 import logging
 import math
 import time
+from collections import OrderedDict
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Match
@@ -32,6 +40,9 @@ from labgate.service import Labgate
 log = logging.getLogger("labgate.api")
 
 AUTHENTICATED_PREFIX = "/api/v1"
+VLAB_PREFIX = "/api/1/"
+# Paths that never look at a credential: never refused for an address's failed logins.
+PUBLIC_PATHS = ("/healthz", "/api/1/ipam/healthcheck", "/openapi.json")
 # Pages and assets of the interactive docs: cacheable (everything else is `Cache-Control: no-store`).
 DOCS_PATHS = ("/docs", "/redoc", "/static-offline-docs/")
 SECURITY_HEADERS = [
@@ -48,6 +59,10 @@ _TAKES_CLIENT = "client" in inspect.signature(authenticate).parameters
 
 def is_authenticated_path(path: str) -> bool:
     return path == AUTHENTICATED_PREFIX or path.startswith(AUTHENTICATED_PREFIX + "/")
+
+
+def _is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(DOCS_PATHS)
 
 
 class TokenBuckets:
@@ -72,6 +87,65 @@ class TokenBuckets:
             return 0.0
         bucket[0] = tokens
         return (1.0 - tokens) / self.rate
+
+
+class FailedLogins:
+    """Failed logins per client address, in fixed windows: the first failure opens a window of `window` seconds;
+    once `limit` failures are counted in it, the address is refused until the window ends, and the next failure
+    after that opens a new window from zero. Successful logins are not counted (and do not reset the count).
+
+    Bounded memory: windows that ended are dropped as new failures come (they are kept in the order they opened,
+    so the ended ones are at the front); beyond `max_addresses` open windows the oldest is dropped. Used from the
+    event loop only (no lock)."""
+
+    def __init__(self, limit: int, window: float, max_addresses: int = 100_000) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_addresses = max_addresses
+        self._windows: OrderedDict[str, list[float]] = OrderedDict()  # key -> [window start, failures]
+
+    def retry_after(self, key: str, now: float | None = None) -> float:
+        """0.0 if `key` may try to log in, else the seconds until its window ends."""
+        now = time.monotonic() if now is None else now
+        entry = self._windows.get(key)
+        if entry is None or entry[1] < self.limit:
+            return 0.0
+        return max(0.0, entry[0] + self.window - now)
+
+    def failed(self, key: str, now: float | None = None) -> None:
+        """Count one failed login from `key`."""
+        now = time.monotonic() if now is None else now
+        while self._windows:
+            start = next(iter(self._windows.values()))[0]
+            if start + self.window > now:
+                break
+            self._windows.popitem(last=False)
+        entry = self._windows.get(key)
+        if entry is None:
+            self._windows[key] = [now, 1.0]
+            while len(self._windows) > self.max_addresses:
+                self._windows.popitem(last=False)
+        else:
+            entry[1] += 1
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+
+def address_key(host: str | None) -> str:
+    """Whose failed logins a request's are: its IPv4 address, or the /64 of its IPv6 address (one host usually
+    holds a whole /64 and could take a new address for every try); other names as they are."""
+    if not host:
+        return "?"
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -107,6 +181,39 @@ async def answer(send: Send, status: int, code: str, message: str, headers: dict
     raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _presents_credential(scope: Scope) -> bool:
+    """Whether the request carries something that is checked as a login: an Authorization header (the API's
+    bearer tokens) or X-Auth (the vLab API's JWT)."""
+    return bool((_header(scope, b"authorization") or b"").strip() or (_header(scope, b"x-auth") or b"").strip())
+
+
+async def answer_vlab(scope: Scope, send: Send, status: int, message: str, headers: dict[str, str]) -> None:
+    """An error answer in the vLab API's envelope, {"error": str, "content": {}, "params": {query args}}."""
+    params: dict[str, str] = {}
+    for key, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):
+        params.setdefault(key, value)
+    body = json.dumps({"error": message, "content": {}, "params": params}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def counting_failed_logins(send: Send, failures: FailedLogins, key: str) -> Send:
+    """`send` that counts a failed login for `key` when the answer is 401 (whoever answers it: this middleware for
+    /api/v1, the /metrics route, the vLab router for its JWT)."""
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start" and message.get("status") == 401:
+            failures.failed(key)
+            if failures.retry_after(key):  # this failure reached the limit: once per window
+                log.warning("event=login_blocked client=%s failures=%d window=%g", key, failures.limit,
+                            failures.window)
+        await send(message)
+
+    return wrapped
 
 
 def with_security_headers(scope: Scope, send: Send) -> Send:
@@ -176,6 +283,8 @@ class Guard:
         self.rate_limit = cfg.rate_limit
         self.rate_limit_burst = cfg.rate_limit_burst
         self.buckets = TokenBuckets(cfg.rate_limit, cfg.rate_limit_burst) if cfg.rate_limit > 0 else None
+        self.failed_logins = (FailedLogins(cfg.failed_login_limit, cfg.failed_login_window)
+                              if cfg.failed_login_limit > 0 else None)
 
     def _authenticate(self, token: str | None, client: str | None) -> Principal:
         if _TAKES_CLIENT:
@@ -188,8 +297,18 @@ class Guard:
             return
         path = scope["path"]
         send = with_security_headers(scope, send)
+        # The peer's address: make_server runs uvicorn without proxy_headers, so no X-Forwarded-For changes it.
+        client = scope["client"][0] if scope.get("client") else None
+        if self.failed_logins is not None and _presents_credential(scope) and not _is_public(path):
+            key = address_key(client)
+            wait = self.failed_logins.retry_after(key)
+            if wait:
+                # Refused before the credential is looked at: a brute force gets `failed_login_limit` tries per
+                # window, whatever it sends.
+                await self._too_many_failures(scope, send, client, math.ceil(wait))
+                return
+            send = counting_failed_logins(send, self.failed_logins, key)
         if is_authenticated_path(path):
-            client = scope["client"][0] if scope.get("client") else None
             try:
                 principal: Principal | None = await run_in_threadpool(self._authenticate, _bearer(scope), client)
             except Unauthorized as exc:
@@ -226,6 +345,17 @@ class Guard:
             receive = replay(body, receive)
         await self.app(scope, receive, send)
 
+    async def _too_many_failures(self, scope: Scope, send: Send, client: str | None, retry: int) -> None:
+        assert self.failed_logins is not None
+        retry = max(1, retry)
+        message = (f"too many failed logins from {client or 'this address'} (at most "
+                   f"{self.failed_logins.limit} in {self.failed_logins.window:g} s): retry after {retry} s")
+        headers = {"Retry-After": str(retry)}
+        if scope["path"].startswith(VLAB_PREFIX):
+            await answer_vlab(scope, send, 429, message, headers)
+        else:
+            await answer(send, 429, "too_many_failures", message, headers)
+
     async def _too_large(self, send: Send) -> None:
         await answer(send, 413, "too_large",
                      f"the request body is larger than this server accepts ({self.max_body} bytes)")
@@ -236,7 +366,8 @@ class Guard:
 GUARD_ERRORS = {
     "401": "no token, or an invalid, revoked or expired one (`unauthorized`; WWW-Authenticate: Bearer)",
     "413": "the request body is larger than [server] max_body_bytes (`too_large`)",
-    "429": "too many requests with this token (`rate_limited`; Retry-After says when to retry)",
+    "429": "too many requests with this token (`rate_limited`), or too many failed logins from this address "
+           "(`too_many_failures`); Retry-After says when to retry",
 }
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 
 class Strict(BaseModel):
@@ -24,26 +26,81 @@ def _integral_float(value: Any) -> Any:
 Int = Annotated[int, BeforeValidator(_integral_float)]
 
 
+def bounded_int(ge: int, le: int) -> Any:
+    """Int from `ge` to `le`. The bounds must come before the validator (pydantic would still check them after
+    it, e.g. in `Int | None = Field(ge=1)`, but publish them as "ge"/"le", which JSON Schema does not know, instead
+    of "minimum"/"maximum")."""
+    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_integral_float)]
+
+
+Port = bounded_int(1, 65535)
+PortCount = bounded_int(1, 1024)
+
+# RFC 3339's date-time (section 5.6): full-date "T" full-time, seconds required, the offset required. "T" and "Z"
+# may be lower case (its note); the ranges of the numbers are pydantic's to check.
+RFC3339_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+                        r"([Zz]|[+-][0-9]{2}:[0-9]{2})")
+
+
+def _rfc3339_text(value: Any) -> Any:
+    """Only RFC 3339 text is a time here (what the schema says: a string of format date-time). Pydantic's lax
+    datetime would also take a number, or numeric text ("0.5", "1700000000"), as a Unix time, and
+    "2026-01-01 00:00Z" or a bare date as a time: all refused."""
+    if isinstance(value, datetime):
+        return value  # from Python callers (never from JSON or a query string)
+    if not isinstance(value, str) or not RFC3339_RE.fullmatch(value):
+        raise PydanticCustomError("rfc3339", "must be an RFC 3339 time with its offset, e.g. 2026-12-31T23:59:59Z")
+    return value
+
+
+# A time in a request (body or query): RFC 3339 text with its offset, nothing else. (strict=False: strict mode takes
+# no text for a datetime at all; the text's form is checked before.)
+Rfc3339 = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text), Field(strict=False)]
+
+
+def _not_null(hint: str = "") -> BeforeValidator:
+    """A field a PATCH may leave out but never set to null (the schema says so: no "null" among its types)."""
+
+    def check(value: Any) -> Any:
+        if value is None:
+            raise PydanticCustomError("not_null", "cannot be null" + hint)
+        return value
+
+    return BeforeValidator(check)
+
+
+def _absent_by_default(schema: dict[str, Any]) -> None:
+    """No "default" in the schema of a field whose absence means "unchanged" (its Python default, None, is not
+    a value it takes)."""
+    schema.pop("default", None)
+
+
 class ForwardCreate(Strict):
     target_address: str = Field(max_length=64, examples=["10.9.0.5"])
-    target_port: Int = Field(ge=1, le=65535, examples=[22])
+    target_port: Port = Field(examples=[22])
     name: str | None = Field(default=None, max_length=63, examples=["centos1"])
     kind: str | None = Field(default=None, max_length=32, examples=["centos"])
     protocol: Literal["tcp", "udp"] = "tcp"
     gateway: str | None = Field(default=None, max_length=32)
-    external_port: Int | None = Field(default=None, ge=1, le=65535)
-    port_count: Int = Field(default=1, ge=1, le=1024)
+    external_port: Port | None = Field(default=None, description="absent or null: the lowest free port is chosen")
+    port_count: PortCount = 1
     allowed_sources: list[str] = Field(default_factory=list, max_length=64, examples=[["203.0.113.0/24"]])
     description: str = Field(default="", max_length=255)
     enabled: bool = True
 
 
 class ForwardPatch(Strict):
+    """The fields to change; an absent field keeps its value. null clears name and kind and empties description;
+    enabled, allowed_sources, target_address and target_port cannot be null."""
+
     description: str | None = Field(default=None, max_length=255)
-    enabled: bool | None = None
-    allowed_sources: list[str] | None = Field(default=None, max_length=64)
-    target_address: str | None = Field(default=None, max_length=64)
-    target_port: Int | None = Field(default=None, ge=1, le=65535)
+    enabled: Annotated[bool, _not_null()] = Field(default=None, json_schema_extra=_absent_by_default)
+    # Opening a forward to anyone must be said explicitly (allowed_sources: []), never by a null.
+    allowed_sources: Annotated[list[str], _not_null(" (use [] to allow any source)")] = Field(
+        default=None, max_length=64, json_schema_extra=_absent_by_default)
+    target_address: Annotated[str, _not_null()] = Field(default=None, max_length=64,
+                                                        json_schema_extra=_absent_by_default)
+    target_port: Annotated[Port, _not_null()] = Field(default=None, json_schema_extra=_absent_by_default)
     name: str | None = Field(default=None, max_length=63)
     kind: str | None = Field(default=None, max_length=32)
 
@@ -209,8 +266,7 @@ Role = Literal["admin", "user", "readonly", "metrics"]
 class TokenCreate(Strict):
     owner: str = Field(max_length=64, examples=["alice"])
     role: Role = "user"
-    # Strict mode takes no text for a datetime by default; an RFC 3339 time with its offset is what JSON carries.
-    expires_at: Annotated[AwareDatetime | None, Field(strict=False)] = Field(
+    expires_at: Rfc3339 | None = Field(
         default=None, description="RFC 3339 time with offset, e.g. 2026-12-31T23:59:59Z; absent = never expires")
     allowed_networks: list[str] | None = Field(default=None, max_length=64, examples=[["192.0.2.0/24"]],
                                                description="CIDRs the token may be used from; absent = anywhere")
@@ -244,7 +300,7 @@ class AuditOut(BaseModel):
     actor: str                       # the owner name of the token that made the change ("local:<user>": the CLI)
     token_id: int | None
     client: str | None               # the peer address the request came from
-    action: str                      # forward.create|update|delete, token.create|revoke
+    action: str                      # forward.create|update|delete, token.create|revoke, limits.update
     object_type: str
     object_id: int | None
     before: dict[str, Any] | None

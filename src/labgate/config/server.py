@@ -40,6 +40,11 @@ class ServerConfig(BaseSettings):
     # Per API token: requests per second (sustained) and burst; beyond them 429 with Retry-After. 0 = no limit.
     rate_limit: float = Field(default=100.0, ge=0)
     rate_limit_burst: int = Field(default=1000, ge=1)
+    # Per client address (the TCP peer): after this many failed logins (a bearer token or vLab JWT refused with
+    # 401) within failed_login_window seconds, the address's requests that carry a token get 429 with Retry-After,
+    # unchecked, until the window ends. 0 = no limit.
+    failed_login_limit: int = Field(default=20, ge=0)
+    failed_login_window: float = Field(default=60.0, gt=0)
     reconcile_interval: float = Field(default=30.0, gt=0)
     # Every this many seconds the whole table is rendered again even if the cheap check saw no drift.
     full_resync_interval: float = Field(default=600.0, gt=0)

@@ -5,7 +5,7 @@ process killed right after the commit loses nothing) and a change that is rolled
 event returned by `record()` is published by the caller once the transaction has committed, so the sinks see
 every change too (delivery to them is best effort, like every event; the table is the durable record).
 
-Usage inside a command (core/forwards.py, core/tokens.py):
+Usage inside a command (core/forwards.py, core/tokens.py, core/limits.py):
 
     with db.writer() as s:
         ...change rows, s.flush()...
@@ -64,7 +64,7 @@ def record(s: Session, who: "Principal", action: str, object_id: int | None, *,
     return the `audit` event to publish after the commit.
 
     action: "<object type>.<verb>" ("forward.create", "forward.update", "forward.delete", "token.create",
-    "token.revoke"); before/after: the object as JSON-able dicts (None for "did not exist")."""
+    "token.revoke", "limits.update"); before/after: the object as JSON-able dicts (None for "did not exist")."""
     m = ACTION_RE.fullmatch(action)
     if m is None:
         raise ValueError(f"audit action {action!r} must look like 'forward.create'")

@@ -59,7 +59,7 @@ class VlabError(Exception):
 def from_labgate(exc: LabgateError) -> VlabError:
     """The vLab status for a labgate error: bad input is a 400 (as the original's schema check), conflicts 409,
     and a kernel refusal a 500 (the original's status for a failed firewall change; vlab-cli's 503 retry path
-    is broken, so a 503 would crash it instead of showing the reason)."""
+    is broken, so a 503 would crash it instead of showing the reason): every failure of the service is a 500."""
     if isinstance(exc, InvalidInput):
         return VlabError(400, exc.message)
     if isinstance(exc, (PortTaken, RangeExhausted)):
@@ -70,7 +70,7 @@ def from_labgate(exc: LabgateError) -> VlabError:
         return VlabError(401, exc.message)
     if isinstance(exc, DataplaneUnavailable):
         return VlabError(500, exc.message)
-    return VlabError(exc.status if 400 <= exc.status < 600 else 500, exc.message)
+    return VlabError(exc.status if 400 <= exc.status < 500 else 500, exc.message)
 
 
 # --- authentication ---------------------------------------------------------------------------------------------

@@ -193,9 +193,17 @@ class ForwardService:
                     + f" is not inside one of gateway {cfg.name!r}'s ranges ({', '.join(cfg.port_range)})",
                     field="external_port")
 
-        reserved = reserve_forward_id(self.db)  # before the transaction: a rolled-back create never reuses it
         with self.db.writer() as s:
             check_quota(s, self.settings.limits, principal, count)
+            self._check_ports_free(s, pool, cfg.name, protocol, spec.external_port, count, principal)
+            # Nothing refuses the create from here on but a race or the kernel: only now is its id taken (a
+            # refused create takes none), and on SQLite committed before the kernel sees it as a mark, so that a
+            # create rolled back after its kernel change never hands its id to another forward (db/ids.py).
+            reserved = reserve_forward_id(s)
+            if reserved is not None:
+                # The id was committed with the checks' transaction; another writer may have come between it and
+                # this one (then this create is refused after all, and its id stays unused).
+                check_quota(s, self.settings.limits, principal, count)
             fwd = Forward(id=reserved, gateway=cfg.name, protocol=protocol, external_port=0, port_count=count,
                           target_address=str(target), target_port=spec.target_port, name=name, kind=kind,
                           owner=principal.owner, description=description, enabled=spec.enabled,
@@ -219,6 +227,35 @@ class ForwardService:
             self._publish("created", fwd)
             self.publisher.publish(trail)
         return self._view(fwd)
+
+    def _check_ports_free(self, s: Session, pool: PortPool, gateway: str, protocol: str, requested: int | None,
+                          count: int, principal: Principal) -> None:
+        """409 when the requested ports are taken, or no block of `count` ports is free: what `_allocate` would
+        answer, found by reading only (it needs the forward's id, which is taken after every check that can
+        refuse)."""
+        if requested is not None:
+            holder = port_holder(s, gateway, protocol, requested, requested + count - 1)
+            if holder is not None:
+                raise self._port_taken(s, gateway, protocol, requested, holder, principal)
+            return
+        pool.ensure_loaded(s)
+        found = pool.take_lowest(count)
+        if found is None:
+            pool.load(s)  # maybe another process freed some
+            found = pool.take_lowest(count)
+        if found is None:
+            raise RangeExhausted(f"no free block of {count} {protocol} port(s) left on gateway {gateway!r}",
+                                 field="external_port")
+        pool.release(found, count)  # a look only: `_allocate` takes the block
+
+    @staticmethod
+    def _port_taken(s: Session, gateway: str, protocol: str, start: int, holder: int | None,
+                    principal: Principal) -> PortTaken:
+        held = s.get(Forward, holder) if holder is not None else None
+        if held is None or not (principal.admin or held.owner == principal.owner):
+            holder = None  # someone else's forward: its id is theirs to know
+        return PortTaken(f"external port {start}/{protocol} on gateway {gateway!r} is taken"
+                         + (f" by forward {holder}" if holder else ""), holder=holder)
 
     def _allocate(self, s: Session, pool: PortPool, fwd: Forward, requested: int | None, count: int,
                   principal: Principal) -> int:
@@ -247,12 +284,7 @@ class ForwardService:
             except IntegrityError:
                 if requested is not None:
                     holder = port_holder(s, fwd.gateway, fwd.protocol, start, start + count - 1)
-                    held = s.get(Forward, holder) if holder is not None else None
-                    if held is None or not (principal.admin or held.owner == principal.owner):
-                        holder = None  # someone else's forward: its id is theirs to know
-                    raise PortTaken(
-                        f"external port {start}/{fwd.protocol} on gateway {fwd.gateway!r} is taken"
-                        + (f" by forward {holder}" if holder else ""), holder=holder) from None
+                    raise self._port_taken(s, fwd.gateway, fwd.protocol, start, holder, principal) from None
                 pool.load(s)  # our picture was stale: another process allocated; search again
         raise RangeExhausted(f"could not allocate a port on gateway {fwd.gateway!r} after {ALLOCATION_ATTEMPTS} "
                              "attempts under contention; try again", field="external_port")

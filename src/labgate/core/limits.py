@@ -4,15 +4,18 @@ gateway's every port. Defaults come from [limits]; an admin overrides them per o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from labgate.config import LimitsConfig
+from labgate.core import audit
 from labgate.core.errors import InvalidInput, LabgateError, NotFound
 from labgate.core.tokens import Principal
 from labgate.core.validation import check_owner
 from labgate.db.limits import OwnerLimit, owner_limit, owner_usage
 from labgate.db.session import Database
+from labgate.events import Discard, Publisher
 
 MAX_LIMIT = 10_000_000
 
@@ -67,9 +70,17 @@ def get_quota(db: Database, defaults: LimitsConfig, principal: Principal, owner:
     return OwnerQuota(owner, max_forwards, max_ports, forwards, ports, row is not None)
 
 
+def limits_snapshot(owner: str, row: OwnerLimit | None) -> dict[str, Any]:
+    """What the audit trail records of an owner's limits: the overrides as set (0 = no limit, None = the [limits]
+    default), as PUT /api/v1/limits/{owner} takes them."""
+    return {"owner": owner, "forwards": row.forwards if row is not None else None,
+            "ports": row.ports if row is not None else None}
+
+
 def set_quota(db: Database, defaults: LimitsConfig, principal: Principal, owner: str, *,
-              forwards: int | None, ports: int | None) -> OwnerQuota:
-    """Admins only: set (an int, 0 = no limit) or reset to the default (None) an owner's limits."""
+              forwards: int | None, ports: int | None, publisher: Publisher | None = None) -> OwnerQuota:
+    """Admins only: set (an int, 0 = no limit) or reset to the default (None) an owner's limits. Audited as
+    "limits.update" (object_id None: the owner is in before/after)."""
     if not principal.admin:
         raise NotFound(f"no limits for {owner!r}")  # not an admin: the endpoint reveals nothing
     check_owner(owner)
@@ -80,12 +91,17 @@ def set_quota(db: Database, defaults: LimitsConfig, principal: Principal, owner:
                                field=name)
     with db.writer() as s, s.begin():
         row = owner_limit(s, owner)
+        before = limits_snapshot(owner, row)
         if forwards is None and ports is None:
             if row is not None:
                 s.delete(row)
+            row = None
         else:
             if row is None:
                 row = OwnerLimit(owner=owner)
                 s.add(row)
             row.forwards, row.ports, row.updated_by = forwards, ports, principal.owner
+        s.flush()
+        event = audit.record(s, principal, "limits.update", None, before=before, after=limits_snapshot(owner, row))
+    (publisher or Discard()).publish(event)
     return get_quota(db, defaults, principal, owner)

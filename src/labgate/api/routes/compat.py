@@ -13,10 +13,12 @@ import ipaddress
 import json
 import logging
 import re
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Literal
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from labgate.core.compat import PortmapQuery, TokenVerifier, VlabError, VlabService, from_labgate, no_quota
@@ -36,6 +38,134 @@ PORT_TEXT = re.compile(r"\d{1,5}")
 MAX_LEN = {"target_addr": 64, "target_name": 63, "target_component": 32}
 
 Handler = Callable[[Request, Principal, dict[str, str]], Awaitable[tuple[int, dict[str, Any]]]]
+
+
+# --- what /openapi.json says of these calls ----------------------------------------------------------------------
+# Documentation only: the handlers read the request themselves (as the original did: auth before input, its
+# messages, extra keys ignored) and answer JSONResponse, so nothing below changes an answer.
+
+# The vLab token in X-Auth (no "Bearer"). auto_error=False: a missing one is the handler's 401, in the envelope.
+VLAB_TOKEN = APIKeyHeader(name="X-Auth", scheme_name="vLabToken", auto_error=False,
+                          description="a vLab JWT (vlab-auth-service), as vlab-cli sends it")
+
+
+class VlabNothing(BaseModel):
+    """{}"""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class VlabFailed(BaseModel):
+    """Any refusal: `error` says why, `content` is {}."""
+
+    error: str = Field(min_length=1)
+    content: VlabNothing
+    params: dict[str, str] = Field(description="the query string: the first value of each key")
+
+
+class VlabPort(BaseModel):
+    name: str
+    target_addr: str
+    target_port: int
+    component: str
+
+
+class VlabPorts(BaseModel):
+    ports: dict[str, VlabPort] = Field(description="conn_port (the gateway's port, as text) -> its target")
+    gateway_ip: str = Field(description="the compat gateway's external address")
+
+
+class VlabConnPort(BaseModel):
+    conn_port: int = Field(description="the gateway's port now forwarding to the target")
+
+
+class VlabMachine(BaseModel):
+    component: str
+    routable: bool | None = Field(description="every address up: true; one down: false; not known yet: null")
+    addr: list[str]
+
+
+class VlabQuota(BaseModel):
+    exceeded_on: int
+    last_notified: int
+    grace_period: int
+    soft_limit: int = Field(alias="soft-limit")
+
+
+class VlabOk(BaseModel):
+    error: None
+    params: dict[str, str] = Field(description="the query string: the first value of each key")
+
+
+class VlabPortsOk(VlabOk):
+    content: VlabPorts
+
+
+class VlabConnPortOk(VlabOk):
+    content: VlabConnPort
+
+
+class VlabDeletedOk(VlabOk):
+    content: VlabNothing
+
+
+class VlabMachinesOk(VlabOk):
+    content: dict[str, VlabMachine] = Field(description="machine name -> its kind, reachability and addresses")
+
+
+class VlabQuotaOk(VlabOk):
+    content: VlabQuota
+
+
+class VlabHealth(BaseModel):
+    status: Literal["ok", "degraded"]
+
+
+def _answers(ok: type[BaseModel], description: str, *failures: int) -> dict[int | str, dict[str, Any]]:
+    """The documented answers: 200 with `ok`, and `failures` and 429 in the envelope. (The API's front door,
+    middleware.Guard, answers that 429 after too many refused tokens from one address, and a 413 in labgate's own
+    error shape, which middleware.document_guard_errors adds.)"""
+    why = {400: "bad input (its schema, a port that is not a number, labgate's own validation)",
+           401: "no token, or an invalid or expired one", 404: "No such port mapping record",
+           409: "no free port, or the owner's quota is used up",
+           429: "too many refused tokens from this address; Retry-After says when to retry",
+           500: "the kernel refused the change, or the service failed (nothing was changed)"}
+    return {200: {"model": ok, "description": description},
+            **{s: {"model": VlabFailed, "description": why[s]} for s in (*failures, 429)}}
+
+
+_EMPTY = {"type": "string", "maxLength": 0}
+
+
+def _query(*names: str, ports: tuple[str, ...] = (), address: str | None = None) -> list[dict[str, Any]]:
+    out = [{"name": n, "in": "query", "required": False, "schema": {"type": "string"},
+            "description": "exact match; empty: no filter"} for n in names]
+    if address is not None:
+        out.append({"name": address, "in": "query", "required": False,
+                    "schema": {"anyOf": [{"type": "string", "format": "ipv4"}, _EMPTY]},
+                    "description": "an IPv4 address, exact match; empty: no filter"})
+    out += [{"name": n, "in": "query", "required": False,
+             "schema": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 65535}, _EMPTY]},
+             "description": "0 or empty: no filter"} for n in ports]
+    return out
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+_STRING = {"type": "string"}
+PORT_SCHEMA = {"type": "integer", "minimum": 1, "maximum": 65535}
+CREATE_BODY = {"type": "object", "required": ["target_addr", "target_port", "target_name", "target_component"],
+               "properties": {"target_addr": {**_STRING, "maxLength": MAX_LEN["target_addr"]},
+                              "target_port": PORT_SCHEMA,
+                              "target_name": {**_STRING, "maxLength": MAX_LEN["target_name"]},
+                              "target_component": {**_STRING, "maxLength": MAX_LEN["target_component"]}},
+               "description": "other keys are ignored, as the original's schema did"}
+DELETE_BODY = {"type": "object", "required": ["conn_port"],
+               "properties": {"conn_port": {"anyOf": [PORT_SCHEMA, {**_STRING, "pattern": "^[0-9]{1,5}$"}],
+                                            "description": "an integer; numeric text too (old vlab-cli sent it)"}},
+               "description": "other keys are ignored"}
 
 
 def query_args(request: Request) -> dict[str, str]:
@@ -111,6 +241,7 @@ def build_router(lg: Labgate) -> APIRouter:
     verifier = TokenVerifier(lg.settings.compat)
     vlab = VlabService(lg.forwards, lg.settings.compat_gateway)
     router = APIRouter(tags=[TAG])
+    authenticated = {"dependencies": [Depends(VLAB_TOKEN)]}
 
     async def serve(request: Request, handler: Handler) -> JSONResponse:
         """Authenticate (before looking at the input, as the original did), run, answer in the envelope."""
@@ -153,16 +284,23 @@ def build_router(lg: Labgate) -> APIRouter:
         return 200, {}
 
     @router.get(PORTMAP, summary="vLab: list port maps (filters name, target_addr, component, conn_port, "
-                                 "target_port, AND-ed)")
+                                 "target_port, AND-ed)", **authenticated,
+                responses=_answers(VlabPortsOk, "the caller's port maps", 400, 401, 500),
+                openapi_extra={"parameters": _query("name", "target_addr", "component",
+                                                    ports=("conn_port", "target_port"))})
     async def get_portmap(request: Request) -> JSONResponse:
         return await serve(request, _list)
 
     @router.post(PORTMAP, summary="vLab: create a port map; body target_addr, target_port, target_name, "
-                                  "target_component; answers {conn_port}")
+                                  "target_component; answers {conn_port}", **authenticated,
+                 responses=_answers(VlabConnPortOk, "forwarding: a new forward", 400, 401, 409, 500),
+                 openapi_extra=_body(CREATE_BODY))
     async def post_portmap(request: Request) -> JSONResponse:
         return await serve(request, _create)
 
-    @router.delete(PORTMAP, summary="vLab: delete a port map; body conn_port")
+    @router.delete(PORTMAP, summary="vLab: delete a port map; body conn_port", **authenticated,
+                   responses=_answers(VlabDeletedOk, "no longer forwarded", 400, 401, 404, 500),
+                   openapi_extra=_body(DELETE_BODY))
     async def delete_portmap(request: Request) -> JSONResponse:
         return await serve(request, _delete)
 
@@ -176,7 +314,9 @@ def build_router(lg: Labgate) -> APIRouter:
             raise VlabError(400, f"Param addr must be an IPv4 address, supplied: {addr[:64]}")
         return 200, await run_in_threadpool(vlab.lookup_addr, who, name=name, addr=addr, component=component)
 
-    @router.get(ADDR, summary="vLab: addresses of your machines (at most one of name, addr, component)")
+    @router.get(ADDR, summary="vLab: addresses of your machines (at most one of name, addr, component)",
+                **authenticated, responses=_answers(VlabMachinesOk, "the caller's machines", 400, 401, 500),
+                openapi_extra={"parameters": _query("name", "component", address="addr")})
     async def get_addr(request: Request) -> JSONResponse:
         return await serve(request, _addr)
 
@@ -185,17 +325,19 @@ def build_router(lg: Labgate) -> APIRouter:
         return 200, no_quota()
 
     @router.get(QUOTA, summary="vLab: VM quota for `vlab status`; labgate enforces none (soft-limit 2147483647, "
-                               "never exceeded)")
+                               "never exceeded)", **authenticated,
+                responses=_answers(VlabQuotaOk, "no quota: the same answer for everyone", 401, 500))
     async def get_quota(request: Request) -> JSONResponse:
         # Authenticated like every other vLab call (the original required a token too): 401 in the envelope.
         return await serve(request, _quota)
 
     # --- GET /api/1/ipam/healthcheck ---------------------------------------------------------------------------
-    @router.get(HEALTH, summary="vLab: liveness only (no authentication, no data)")
+    @router.get(HEALTH, summary="vLab: liveness only (no authentication, no data)", response_model=VlabHealth)
     def healthcheck() -> dict:
         # The original dumped its whole table and the firewall rules here, unauthenticated. This says only
         # whether labgate is up, exactly like /healthz.
-        healthy = all(gw.health().status in ("ok", "off") for gw in lg.dataplane.gateways.values())
+        healthy = lg.db.problem is None and all(gw.health().status in ("ok", "off")
+                                                for gw in lg.dataplane.gateways.values())
         return {"status": "ok" if healthy else "degraded"}
 
     return router

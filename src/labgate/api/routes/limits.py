@@ -8,12 +8,13 @@ from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from labgate.api.deps import AUTH_ERRORS, AdminDep, LabgateDep, PrincipalDep
-from labgate.api.schemas import ErrorOut, Int
+from labgate.api.schemas import ErrorOut, bounded_int
 from labgate.core.limits import MAX_LIMIT, OwnerQuota, get_quota, set_quota
 
 router = APIRouter(prefix="/api/v1/limits", tags=["limits"])
 Owner = Annotated[str, Path(max_length=64, description="the owner (a token's owner name)")]
 ERRORS = {**AUTH_ERRORS, 404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
+Limit = bounded_int(0, MAX_LIMIT)
 
 
 class LimitsOut(BaseModel):
@@ -28,8 +29,8 @@ class LimitsOut(BaseModel):
 class LimitsIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    forwards: Int | None = Field(default=None, ge=0, le=MAX_LIMIT, description="null: the default")
-    ports: Int | None = Field(default=None, ge=0, le=MAX_LIMIT, description="null: the default")
+    forwards: Limit | None = Field(default=None, description="null: the default")
+    ports: Limit | None = Field(default=None, description="null: the default")
 
 
 @router.get("/{owner}", response_model=LimitsOut, responses=ERRORS)
@@ -40,5 +41,7 @@ def get_limits(owner: Owner, lg: LabgateDep, who: PrincipalDep) -> OwnerQuota:
 
 @router.put("/{owner}", response_model=LimitsOut, responses=ERRORS)
 def put_limits(owner: Owner, body: LimitsIn, lg: LabgateDep, who: AdminDep) -> OwnerQuota:
-    """Admins: set an owner's limits (0 = no limit; null = back to the [limits] default)."""
-    return set_quota(lg.db, lg.settings.limits, who, owner, forwards=body.forwards, ports=body.ports)
+    """Admins: set an owner's limits (0 = no limit; null = back to the [limits] default). Audited
+    (`limits.update`)."""
+    return set_quota(lg.db, lg.settings.limits, who, owner, forwards=body.forwards, ports=body.ports,
+                     publisher=lg.labels)
