@@ -196,9 +196,9 @@ class Database:
                 self.on_failure()
             return message
         with self._problem_lock:
-            old, self._cause, self.problem = self._cause, cause, message
-        if cause != old:
-            log.error("event=database_unavailable path=%s %s", self.path or "-", message)
+            if cause != self._cause:  # logged before it shows (in /healthz): whoever sees it finds the line
+                log.error("event=database_unavailable path=%s %s", self.path or "-", message)
+            self._cause, self.problem = cause, message
         return message
 
     def probe(self) -> str | None:
