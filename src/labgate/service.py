@@ -83,18 +83,55 @@ class Labgate:
                                    full_interval=settings.server.full_resync_interval)
         self.forwards = ForwardService(settings, self.db, self.dataplane, publisher=self.labels)
         self.usage = UsageCollector(self.db, self.dataplane)
-        self.health = HealthMonitor(settings, self.db, self.bus)
+        self.health = HealthMonitor(settings, self.db, self.bus,
+                                    gateways=lambda: [gw.cfg for gw in self.dataplane.gateways.values()])
         # Dynamic DNS ([ddns], docs/ddns.md): only when configured; it needs no kernel dataplane.
         self.ddns = DdnsUpdater(settings, self.db, self.dataplane, self.bus) if settings.ddns is not None else None
+        # OpenStack ([openstack], docs/openstack.md): routers as gateways, forwards that follow their port.
+        self.openstack: Any = None
+        if settings.openstack is not None:
+            from labgate.openstack.monitor import OpenStackMonitor  # noqa: PLC0415 - optional extra
+
+            self.openstack = OpenStackMonitor(settings.openstack, self.db, self.dataplane, self.forwards,
+                                              self.labels)
+            self.forwards.targets = self.openstack
         self.workers: list = []
+        self._watchers: dict[str, ConnectionWatcher] = {}
+        self.dataplane.on_gateway(self._gateway_changed)
         self.started = False
 
     @property
     def dataplane_enabled(self) -> bool:
-        return any(gw.kernel is not None for gw in self.dataplane.gateways.values())
+        return self.openstack is not None or any(gw.kernel is not None for gw in self.dataplane.gateways.values())
+
+    @property
+    def watches_connections(self) -> bool:
+        return self.settings.server.dataplane == "nft" and self.dataplane_enabled
+
+    def _watch(self, gwdp: Any) -> None:
+        """Start the connection-event watcher of one gateway (each gateway namespace has its own conntrack)."""
+        watcher = ConnectionWatcher(
+            gwdp.cfg.name, gwdp.cfg.netns, self.bus, self.labels.lookup,
+            report=lambda message: gwdp.set_problem("connection_events", message, CONNTRACK_FIX))
+        self._watchers[gwdp.cfg.name] = watcher
+        watcher.start()
+
+    def _gateway_changed(self, what: str, gwdp: Any) -> None:
+        """A gateway came or went at run time (an OpenStack router): its per-gateway workers follow."""
+        if not (self.started and self.watches_connections):
+            return
+        if what == "added" and gwdp.cfg.name not in self._watchers:
+            self._watch(gwdp)
+        elif what == "removed":
+            watcher = self._watchers.pop(gwdp.cfg.name, None)
+            if watcher is not None:
+                watcher.stop()
 
     def start(self) -> None:
         upgrade(self.db.engine)
+        if self.openstack is not None:
+            # The routers the database remembers are served at once, before (and without) the cloud answering.
+            self.openstack.restore()
         # Restore the kernel from the database before serving: a restart brings back exactly the committed rules.
         if not self.dataplane.reconcile_once():
             for gw in self.dataplane.gateways.values():
@@ -109,19 +146,19 @@ class Labgate:
                             self.check_database)
         self.db.on_failure = database.trigger  # a request failed on the database: probe it now
         self.workers.append(database)
-        if self.settings.server.dataplane == "nft" and self.dataplane_enabled:
+        if self.watches_connections:
             self.workers.append(Periodic("usage", self.settings.server.usage_interval, self.usage.collect_once))
             self.workers.append(Periodic("health", self.settings.server.health_interval, self.health.check_once))
-            for gw in self.settings.gateway:
-                gwdp = self.dataplane.gateways[gw.name]
-                self.workers.append(ConnectionWatcher(
-                    gw.name, gw.netns, self.bus, self.labels.lookup,
-                    report=lambda message, gwdp=gwdp: gwdp.set_problem("connection_events", message, CONNTRACK_FIX)))
         if self.ddns is not None:
             self.workers.append(self.ddns)
+        if self.openstack is not None:
+            self.workers.append(self.openstack)
+        self.started = True
+        if self.watches_connections:
+            for gwdp in list(self.dataplane.gateways.values()):
+                self._watch(gwdp)
         for worker in self.workers:
             worker.start()
-        self.started = True
 
     def check_database(self) -> None:
         problem = self.db.probe()
@@ -130,10 +167,11 @@ class Labgate:
                            "disk's free space, the file itself): labgate notices within seconds" if problem else "")
 
     def stop(self) -> None:
-        for worker in self.workers:
+        self.started = False
+        for worker in [*self.workers, *self._watchers.values()]:
             worker.stop()
         self.workers.clear()
+        self._watchers.clear()
         self.dataplane.stop()
         self.bus.stop(timeout=5)
         self.db.dispose()
-        self.started = False

@@ -18,8 +18,10 @@ ALLOWED: dict[str, set[str]] = {
     "dataplane": set(),
     "core": {"db", "dataplane"},
     "workers": {"db", "dataplane"},
+    # The OpenStack monitor: beside the workers, and it changes forwards (retarget, delete, orphan) through core.
+    "openstack": {"core", "db", "dataplane"},
     "api": {"core", "db", "dataplane", "service"},  # service: the type of the running service the routes serve
-    "service": {"api", "core", "db", "dataplane", "workers"},
+    "service": {"api", "core", "db", "dataplane", "workers", "openstack"},
     "client": set(),
     "lab": {"dataplane"},
     "cli": {"api", "client", "core", "db", "dataplane", "lab", "service", "workers"},

@@ -76,12 +76,18 @@ def _absent_by_default(schema: dict[str, Any]) -> None:
 
 
 class ForwardCreate(Strict):
-    target_address: str = Field(max_length=64, examples=["10.9.0.5"])
+    """The target is an address, or with OpenStack (docs/openstack.md) a Neutron port or a server the forward then
+    follows: exactly one of target_address, target_port_id and target_server."""
+
+    target_address: str | None = Field(default=None, max_length=64, examples=["10.9.0.5"])
     target_port: Port = Field(examples=[22])
     name: str | None = Field(default=None, max_length=63, examples=["centos1"])
     kind: str | None = Field(default=None, max_length=32, examples=["centos"])
     protocol: Literal["tcp", "udp"] = "tcp"
-    gateway: str | None = Field(default=None, max_length=32)
+    # A gateway's name, or (OpenStack) its router's id or name; absent: the only gateway, or the target's router.
+    gateway: str | None = Field(default=None, max_length=255)
+    target_port_id: str | None = Field(default=None, max_length=64, description="OpenStack: a Neutron port id")
+    target_server: str | None = Field(default=None, max_length=255, description="OpenStack: a server's id or name")
     external_port: Port | None = Field(default=None, description="absent or null: the lowest free port is chosen")
     port_count: PortCount = 1
     allowed_sources: list[str] = Field(default_factory=list, max_length=64, examples=[["203.0.113.0/24"]])
@@ -121,6 +127,11 @@ class UsageOut(BaseModel):
     last_used_at: datetime | None
 
 
+class TargetServerOut(BaseModel):
+    id: str | None
+    name: str | None
+
+
 class ForwardOut(BaseModel):
     id: int
     gateway: str
@@ -136,11 +147,15 @@ class ForwardOut(BaseModel):
     description: str
     enabled: bool
     allowed_sources: list[str]
-    status: Literal["active", "disabled", "error"]
+    # orphaned: its OpenStack port or router went away (kept, ports reserved, no rules; see orphaned_reason)
+    status: Literal["active", "disabled", "error", "orphaned"]
     created_at: datetime
     updated_at: datetime
     health: HealthOut
     usage: UsageOut
+    target_port_id: str | None = None
+    target_server: TargetServerOut | None = None
+    orphaned_reason: str | None = None
 
 
 class Page(BaseModel):
@@ -236,6 +251,10 @@ class GatewayOut(BaseModel):
     problems: list[GatewayProblemOut] = []
     dns_name: str | None = None
     ddns: GatewayDdnsOut | None = None
+    # OpenStack router gateways (docs/openstack.md): the router's id and name, its project; null otherwise.
+    router_id: str | None = None
+    router_name: str | None = None
+    project_id: str | None = None
 
 
 class ErrorDetail(BaseModel):
@@ -270,6 +289,8 @@ class TokenCreate(Strict):
         default=None, description="RFC 3339 time with offset, e.g. 2026-12-31T23:59:59Z; absent = never expires")
     allowed_networks: list[str] | None = Field(default=None, max_length=64, examples=[["192.0.2.0/24"]],
                                                description="CIDRs the token may be used from; absent = anywhere")
+    project: str | None = Field(default=None, max_length=64,
+                                description="OpenStack: scope a user or readonly token to this project id")
 
 
 class TokenOut(BaseModel):
@@ -284,6 +305,7 @@ class TokenOut(BaseModel):
     revoked: bool
     revoked_at: datetime | None
     status: Literal["active", "expired", "revoked"]
+    project_id: str | None = None
 
 
 class TokenCreated(TokenOut):
@@ -309,3 +331,24 @@ class AuditOut(BaseModel):
 
 class AuditPage(Page):
     results: list[AuditOut]
+
+
+class OpenStackCycleOut(BaseModel):
+    started_at: str | None
+    seconds: float | None
+    api_calls: int
+    routers: int
+    ports: int
+    changes: dict[str, int]
+    error: str | None
+
+
+class OpenStackStatusOut(BaseModel):
+    configured: bool
+    cloud: str | None = None
+    monitor_interval: float | None = None
+    on_target_deleted: str | None = None
+    projects: list[str] = []
+    consecutive_failures: int = 0
+    last_cycle: OpenStackCycleOut | None = None
+    last_successful_cycle: OpenStackCycleOut | None = None

@@ -24,6 +24,7 @@ machine_app = typer.Typer(no_args_is_help=True, help="Machines: the IPAM view de
 gateway_app = typer.Typer(no_args_is_help=True, help="Gateways and their free ports.")
 context_app = typer.Typer(no_args_is_help=True, help="Named client contexts (server URL, token, defaults).")
 ddns_app = typer.Typer(no_args_is_help=True, help="Dynamic DNS: the gateways' and machines' names.")
+openstack_app = typer.Typer(no_args_is_help=True, help="OpenStack: project routers as gateways (docs/openstack.md).")
 
 
 def handled(fn: Callable) -> Callable:
@@ -150,7 +151,8 @@ def context_use(name: str) -> None:
 @forward_app.command("add")
 @handled
 def forward_add(
-    target_address: Annotated[str, typer.Argument(help="the machine's address, e.g. 10.9.0.5")],
+    target_address: Annotated[str, typer.Argument(
+        help="the machine's address, e.g. 10.9.0.5; with OpenStack also port:<port id> or server:<name or id>")],
     target_port: Annotated[int, typer.Argument(help="the machine's port, e.g. 22")],
     name: Annotated[Optional[str], typer.Option("--name", "-n", help="machine name")] = None,
     kind: Annotated[Optional[str], typer.Option(help="machine kind, e.g. centos, windows, onefs")] = None,
@@ -165,9 +167,14 @@ def forward_add(
     output: OutputOpt = Format.table,
 ) -> None:
     """Forward a free external port of the gateway to TARGET_ADDRESS:TARGET_PORT."""
+    target: dict[str, Any] = {}
+    if target_address.startswith("port:"):
+        target_address, target["target_port_id"] = None, target_address[5:]  # type: ignore[assignment]
+    elif target_address.startswith("server:"):
+        target_address, target["target_server"] = None, target_address[7:]  # type: ignore[assignment]
     client, ctx = client_for(context)
     with client:
-        fwd = client.create_forward(target_address, target_port, name=name, kind=kind, protocol=protocol,
+        fwd = client.create_forward(target_address, target_port, **target, name=name, kind=kind, protocol=protocol,
                                     gateway=gateway or ctx.gateway, external_port=external_port,
                                     port_count=port_count, allowed_sources=allow or None,
                                     description=description, enabled=not disabled)
@@ -367,10 +374,13 @@ def gateway_ls(context: ContextOpt = None, output: OutputOpt = Format.table) -> 
     if output == Format.json:
         emit_json(gateways)
         return
-    table((Col("name"), Col("external", cut=False), Col("ranges", drop=2), Col("free tcp/udp", drop=3),
-           Col("forwards", drop=1), Col("status"), Col("last error")),
-          [(g.name, g.external_address, ", ".join(g.port_ranges),
-            f"{g.ports_free.get('tcp')}/{g.ports_free.get('udp')}", g.forwards, g.status, g.last_error)
+    routers = any(g.router_id for g in gateways)
+    table((Col("name"), *((Col("router", drop=4),) if routers else ()), Col("external", cut=False),
+           Col("ranges", drop=2), Col("free tcp/udp", drop=3), Col("forwards", drop=1), Col("status"),
+           Col("last error")),
+          [(g.name, *((g.router_name or g.router_id or "",) if routers else ()), g.external_address,
+            ", ".join(g.port_ranges), f"{g.ports_free.get('tcp')}/{g.ports_free.get('udp')}", g.forwards, g.status,
+            g.last_error)
            for g in gateways])
     # What keeps a gateway from working, and the fix: in full, below the table (a cell would cut it).
     for g in gateways:
@@ -414,3 +424,28 @@ def ddns_status(context: ContextOpt = None, output: OutputOpt = Format.table) ->
                Col("last update", drop=3), Col("failures", drop=1), Col("last error")),
               [(m["zone"], m["names"], m["published"], m["pending"], ", ".join(m["skipped"]) or "",
                 _when(m["last_update_at"]), m["failures"] or "", m["last_error"])])
+
+
+# --- OpenStack -------------------------------------------------------------------------------------------------------
+@openstack_app.command("status")
+@handled
+def openstack_status(context: ContextOpt = None, output: OutputOpt = Format.table) -> None:
+    """The OpenStack monitor's last cycle: when, how long, API calls, changes applied, error."""
+    client, _ = client_for(context)
+    with client:
+        status = client.openstack_status()
+    if output == Format.json:
+        emit_json(status)
+        return
+    if not status.get("configured"):
+        console.print("OpenStack is not configured on this server ([openstack] in its labgate.toml)", highlight=False)
+        return
+    console.print(f"cloud {escape(str(status['cloud']))}  every {status['monitor_interval']:g} s  on target deleted: "
+                  f"{escape(str(status['on_target_deleted']))}  failures in a row: {status['consecutive_failures']}",
+                  highlight=False)
+    rows = [(what, c.get("started_at"), c.get("seconds"), c.get("api_calls"), c.get("routers"), c.get("ports"),
+             ", ".join(f"{k} {v}" for k, v in sorted((c.get("changes") or {}).items())) or "-", c.get("error"))
+            for what, c in (("last", status.get("last_cycle")), ("last ok", status.get("last_successful_cycle")))
+            if c]
+    table((Col("cycle"), Col("started"), Col("seconds", drop=3), Col("api calls", drop=2), Col("routers", drop=4),
+           Col("ports", drop=5), Col("changes", drop=1), Col("error")), rows)

@@ -30,6 +30,7 @@ def _register_client_commands() -> None:
     app.add_typer(commands.gateway_app, name="gateway")
     app.add_typer(commands.context_app, name="context")
     app.add_typer(commands.ddns_app, name="ddns")
+    app.add_typer(commands.openstack_app, name="openstack")
 
 
 _register_client_commands()

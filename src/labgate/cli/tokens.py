@@ -40,6 +40,8 @@ def token_create(
     = None,
     allow_from: Annotated[Optional[list[str]], typer.Option(
         "--allow-from", help="CIDR the token may be used from (repeat for several); default: anywhere")] = None,
+    project: Annotated[Optional[str], typer.Option(
+        "--project", help="OpenStack: scope the token to this project id (its routers' forwards only)")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Create a token and print it once, alone on stdout (only its hash is stored)."""
@@ -53,13 +55,14 @@ def token_create(
         expires_at = parse_expiry(expires) if expires else None
         db = database(config)
         secret, info = issue_token(db, owner, role=role or (ADMIN if admin else USER), expires_at=expires_at,
-                                   allowed_networks=allow_from or None)
+                                   allowed_networks=allow_from or None, project=project)
     except LabgateError as exc:
         raise _fail(exc.message, CREATE_HINT, 2) from None
     typer.echo(secret)
     # On stderr, so `TOKEN=$(labgate token create alice)` still captures only the token.
     limits = "".join([f", expires {_when(info.expires_at)}" if info.expires_at else "",
-                      f", only from {', '.join(info.allowed_networks)}" if info.allowed_networks else ""])
+                      f", only from {', '.join(info.allowed_networks)}" if info.allowed_networks else "",
+                      f", project {info.project_id}" if info.project_id else ""])
     typer.echo(f"token {info.id} for {owner} (role {info.role}{limits}) stored in {database_display(db.url)}; "
                "it is shown only this once", err=True)
 

@@ -143,11 +143,12 @@ class Client:
     def get_forward(self, forward_id: int) -> Forward:
         return Forward.from_api(self._request("GET", f"/api/v1/forwards/{int(forward_id)}"))
 
-    def create_forward(self, target_address: str, target_port: int, **fields: Any) -> Forward:
+    def create_forward(self, target_address: str | None, target_port: int, **fields: Any) -> Forward:
         """Create a forward; optional fields: name, kind, protocol, gateway, external_port, port_count,
-        allowed_sources, description, enabled. Returns once the gateway forwards it."""
-        body = {"target_address": target_address, "target_port": target_port,
-                **{k: v for k, v in fields.items() if v is not None}}
+        allowed_sources, description, enabled; with OpenStack target_port_id or target_server instead of
+        target_address (None). Returns once the gateway forwards it."""
+        body = {"target_address": target_address, "target_port": target_port, **fields}
+        body = {k: v for k, v in body.items() if v is not None}
         return Forward.from_api(self._request("POST", "/api/v1/forwards", json=body))
 
     def update_forward(self, forward_id: int, **changes: Any) -> Forward:
@@ -208,6 +209,10 @@ class Client:
     def ddns_status(self) -> dict[str, Any]:
         """Dynamic DNS: {"configured", "server", "zone", "key_name", "gateways": [...], "machines": {...}}."""
         return self._request("GET", "/api/v1/ddns")
+
+    def openstack_status(self) -> dict[str, Any]:
+        """OpenStack (docs/openstack.md): {"configured", "cloud", "last_cycle": {...}, "last_successful_cycle", ...}."""
+        return self._request("GET", "/api/v1/openstack")
 
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/healthz")

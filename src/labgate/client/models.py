@@ -33,6 +33,10 @@ class Forward:
     updated_at: datetime | str | None = None
     health: dict[str, Any] = field(default_factory=dict)  # state up/down/unknown, address, port, rtt_ms, ...
     usage: dict[str, Any] = field(default_factory=dict)   # connections, packets, bytes, last_used_at
+    # OpenStack (docs/openstack.md): the Neutron port it follows, its server {"id", "name"}, why it is orphaned
+    target_port_id: str | None = None
+    target_server: dict[str, Any] | None = None
+    orphaned_reason: str | None = None
 
     @classmethod
     def from_api(cls, data: dict[str, Any]) -> "Forward":
@@ -81,6 +85,9 @@ class Gateway:
     problems: list[dict[str, str]] = field(default_factory=list)
     dns_name: str | None = None
     ddns: dict[str, Any] | None = None  # docs/ddns.md: address_published, last_update_at, last_error, ...
+    router_id: str | None = None  # OpenStack router gateways: the router and its project
+    router_name: str | None = None
+    project_id: str | None = None
 
     @classmethod
     def from_api(cls, data: dict[str, Any]) -> "Gateway":

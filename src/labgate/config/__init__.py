@@ -9,6 +9,7 @@ event kind rule), so every layer may read it. One module per section:
     ddns.py     [ddns]         DdnsConfig, the DNS name rule (the TSIG key is read by labgate.keys)
     sinks.py    [[sink]]       SyslogSinkConfig, FileSinkConfig, WebhookSinkConfig (the transports: workers/sinks/)
     limits.py   [limits]       LimitsConfig, per-owner quotas
+    openstack.py [openstack]   OpenStackConfig, router gateway names
     settings.py                Settings (the whole file and its cross-section checks), load_settings, ConfigError
 """
 
@@ -23,12 +24,17 @@ from labgate.config.gateway import (
     parse_port_range,
 )
 from labgate.config.limits import LimitsConfig
+from labgate.config.openstack import OpenStackConfig, project_id, router_gateway_name, router_netns
 from labgate.config.server import ServerConfig, database_display, default_data_dir, resolve_database_url
 from labgate.config.settings import ConfigError, Settings, load_settings
 from labgate.config.sinks import FileSinkConfig, SinkConfig, SyslogSinkConfig, WebhookSinkConfig, sink_names
 
 __all__ = [
     "LimitsConfig",
+    "OpenStackConfig",
+    "project_id",
+    "router_gateway_name",
+    "router_netns",
     "DDNS_INLINE_SECRET_KEYS",
     "GATEWAY_NAME_RE",
     "IFNAME_RE",

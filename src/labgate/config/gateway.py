@@ -7,7 +7,7 @@ import ipaddress
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from labgate.config.ddns import dns_name_text
 
@@ -52,6 +52,11 @@ class GatewayConfig(BaseModel):
     # ... and where that address is read: this interface inside the gateway's namespace (its first global IPv4
     # address); unset = external_address (the configured one, or for "auto" the default route's).
     ddns_interface: str | None = None
+    # Set by the OpenStack monitor for a router it serves (never in the config file): the router's id and name
+    # and its project. Such a gateway may have no target network yet (a router without interfaces).
+    router_id: str | None = None
+    router_name: str | None = None
+    project_id: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -108,12 +113,20 @@ class GatewayConfig(BaseModel):
     @field_validator("target_networks")
     @classmethod
     def _targets(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("at least one target network is needed")
         nets = [ipaddress.ip_network(n, strict=False) for n in v]
         if any(n.version != 4 for n in nets):
             raise ValueError("only IPv4 target networks are supported so far")
         return [str(n) for n in nets]
+
+    @model_validator(mode="after")
+    def _some_target(self) -> "GatewayConfig":
+        if not self.target_networks and self.router_id is None:
+            raise ValueError("at least one target network is needed")
+        return self
+
+    @property
+    def is_router(self) -> bool:
+        return self.router_id is not None
 
     @property
     def ranges(self) -> list[tuple[int, int]]:

@@ -15,6 +15,7 @@ from labgate.config.compat import CompatConfig
 from labgate.config.ddns import DdnsConfig
 from labgate.config.gateway import GatewayConfig
 from labgate.config.limits import LimitsConfig
+from labgate.config.openstack import OpenStackConfig
 from labgate.config.server import ServerConfig
 from labgate.config.sinks import SinkConfig, sink_names
 
@@ -38,13 +39,18 @@ class Settings(BaseModel):
     ddns: DdnsConfig | None = None
     # [limits]: per-owner quotas on forwards and ports.
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    # [openstack]: project routers as gateways, followed by a monitor (docs/openstack.md); absent = off.
+    openstack: OpenStackConfig | None = None
 
     @model_validator(mode="after")
     def _unique(self) -> "Settings":
-        if not self.gateway:
-            raise ValueError("at least one [[gateway]] is needed")
+        if not self.gateway and self.openstack is None:
+            raise ValueError("at least one [[gateway]] is needed (or an [openstack] section)")
         seen: set[str] = set()
         for gw in self.gateway:
+            if gw.router_id is not None or gw.router_name is not None or gw.project_id is not None:
+                raise ValueError(f"gateway {gw.name!r}: router_id, router_name and project_id are set by the "
+                                 "OpenStack monitor, not in [[gateway]]")
             if gw.table_name in seen:
                 raise ValueError(f"gateway name {gw.name!r} is used twice (or differs only by '-' vs '_')")
             seen.add(gw.table_name)
@@ -57,6 +63,8 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _compat_gateway(self) -> "Settings":
+        if self.compat.vlab_enabled and not self.gateway:
+            raise ValueError("the vLab compatibility API needs a [[gateway]] to act on")
         if self.compat.vlab_enabled and self.compat.gateway is None and len(self.gateway) != 1:
             raise ValueError("compat.gateway must name the gateway the vLab API acts on (there are several)")
         if self.compat.gateway is not None and self.get_gateway(self.compat.gateway) is None:
@@ -113,6 +121,8 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
             raise ConfigError(f"config file {p} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from None
+    if "openstack" in data and "gateway" not in data:
+        data["gateway"] = []  # with OpenStack, the routers are the gateways: no implicit host-namespace one
     try:
         server = ServerConfig(**data.pop("server", {}))
         return Settings(server=server, **data)

@@ -55,6 +55,10 @@ def forward_snapshot(fwd: Forward) -> dict[str, Any]:
     """What the audit trail records of a forward: its configuration (not its health or usage, not timestamps)."""
     out = {name: getattr(fwd, name) for name in FORWARD_FIELDS}
     out["allowed_sources"] = list(out["allowed_sources"] or [])
+    # OpenStack: the port it follows, and why it was orphaned (only when set: other records keep their shape).
+    for name in ("target_port_id", "target_server_id", "orphaned_reason"):
+        if getattr(fwd, name, None) is not None:
+            out[name] = getattr(fwd, name)
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from labgate.core.errors import (
     PortTaken,
     RangeExhausted,
 )
+from labgate.core.cloud import Resolved, TargetResolver
 from labgate.core.limits import check_quota
 from labgate.core.ports import PortPool
 from labgate.core.rules import CommittedRules, rule_of
@@ -31,7 +33,7 @@ from labgate.core.views import ForwardView
 from labgate.dataplane.reconcile import ChangeRefused, Dataplane, DataplaneError, GatewayDataplane, RuleChange
 from labgate.db.ids import reserve_forward_id
 from labgate.db.models import Forward, PortAllocation
-from labgate.db.queries import forward_states, port_holder
+from labgate.db.queries import forward_states, port_holder, project_gateways
 from labgate.db.session import Database
 from labgate.events import Discard, Event, Publisher
 
@@ -45,7 +47,7 @@ PATCHABLE = {"description", "enabled", "allowed_sources", "target_address", "tar
 class ForwardSpec:
     """A create request, as the API received it (types already checked, domain checks not yet)."""
 
-    target_address: str
+    target_address: str | None
     target_port: int
     name: str | None = None
     kind: str | None = None
@@ -56,6 +58,9 @@ class ForwardSpec:
     allowed_sources: list[str] = field(default_factory=list)
     description: str = ""
     enabled: bool = True
+    # OpenStack: follow this Neutron port, or the port of this server (id or name), instead of an address.
+    target_port_id: str | None = None
+    target_server: str | None = None
 
 
 @dataclass
@@ -112,32 +117,67 @@ class ForwardService:
         self.dataplane = dataplane
         self.publisher: Publisher = publisher or Discard()
         self.rules = CommittedRules(db)
+        # How a create naming a Neutron port or server finds its gateway and address ([openstack]; else None).
+        self.targets: TargetResolver | None = None
         self._pools: dict[tuple[str, str], PortPool] = {}
-        for gw in settings.gateway:
-            for proto in ("tcp", "udp"):
-                self._pools[(gw.name, proto)] = PortPool(gw.name, proto, gw.ranges)
+        self._pools_lock = threading.Lock()
 
     # --- helpers -------------------------------------------------------------------------------------------------
-    def _gateway(self, name: str | None) -> tuple[GatewayConfig, GatewayDataplane]:
+    def _pool(self, cfg: GatewayConfig, protocol: str) -> PortPool:
+        """The port picture of (gateway, protocol), made on first use (gateways come and go at run time)."""
+        with self._pools_lock:
+            pool = self._pools.get((cfg.name, protocol))
+            if pool is None or pool.ranges != sorted(cfg.ranges):
+                pool = self._pools[(cfg.name, protocol)] = PortPool(cfg.name, protocol, cfg.ranges)
+            return pool
+
+    def find_gateway(self, name: str | None) -> GatewayDataplane:
+        """A gateway by name, or (OpenStack) by its router's id or name; with no name, the only gateway there is.
+        InvalidInput when there is none or several."""
+        gateways = self.dataplane.gateways
         if name is None:
-            if len(self.settings.gateway) != 1:
-                raise InvalidInput("several gateways exist: name one with 'gateway'", field="gateway")
-            cfg = self.settings.gateway[0]
-        else:
-            found = self.settings.get_gateway(name)
-            if found is None:
-                raise InvalidInput(f"gateway {name!r} does not exist", field="gateway")
-            cfg = found
-        gwdp = self.dataplane.get(cfg.name)
-        assert gwdp is not None
-        return cfg, gwdp
+            if len(gateways) != 1:
+                raise InvalidInput("several gateways exist: name one with 'gateway'" if gateways else
+                                   "there is no gateway yet", field="gateway")
+            return next(iter(gateways.values()))
+        found = gateways.get(name)
+        if found is None:
+            routers = [g for g in gateways.values() if g.cfg.router_id is not None
+                       and name in (g.cfg.router_id, g.cfg.router_name)]
+            if len(routers) > 1:
+                raise InvalidInput(f"{len(routers)} routers are called {name!r}: name the gateway by router id",
+                                   field="gateway")
+            found = routers[0] if routers else None
+        if found is None:
+            raise InvalidInput(f"gateway {name!r} does not exist", field="gateway")
+        return found
+
+    @staticmethod
+    def _check_project(principal: Principal, cfg: GatewayConfig) -> None:
+        """A project-scoped token may use only its project's routers."""
+        if principal.project is not None and cfg.project_id != principal.project:
+            raise InvalidInput(f"gateway {cfg.name!r} is not a router of project {principal.project}",
+                               field="gateway")
+
+    def _gateway(self, name: str | None) -> tuple[GatewayConfig, GatewayDataplane]:
+        gwdp = self.find_gateway(name)
+        return gwdp.cfg, gwdp
 
     def _owned(self, s: Session, principal: Principal, forward_id: int, *, lock: bool = False) -> Forward:
         fwd = s.get(Forward, forward_id, with_for_update=lock or None)
         # Someone else's forward is reported exactly like a missing one: ids do not leak ownership.
-        if fwd is None or (not principal.admin and fwd.owner != principal.owner):
+        if fwd is None or not self._visible(principal, fwd):
             raise NotFound(f"forward {forward_id} does not exist")
         return fwd
+
+    def _visible(self, principal: Principal, fwd: Forward) -> bool:
+        """Admins see every forward; a project-scoped token those on its project's routers (a project's resources
+        are shared by its members, as in OpenStack); any other token its owner's."""
+        if principal.admin:
+            return True
+        if principal.project is not None:
+            return fwd.gateway in project_gateways(self.db, principal.project)
+        return fwd.owner == principal.owner
 
     def _view(self, fwd: Forward) -> ForwardView:
         with self.db.reader() as r:
@@ -172,19 +212,48 @@ class ForwardService:
         gwdp.cut(cut)
 
     # --- commands ------------------------------------------------------------------------------------------------
+    def _resolve(self, principal: Principal, spec: ForwardSpec) -> tuple[str | None, str, Resolved | None]:
+        """(gateway, target address, the cloud port it follows) of a create."""
+        if spec.target_port_id is not None or spec.target_server is not None:
+            if self.targets is None:
+                raise InvalidInput("target_port_id and target_server need OpenStack ([openstack] in the config)",
+                                   field="target_port_id" if spec.target_port_id is not None else "target_server")
+            if spec.target_address is not None:
+                raise InvalidInput("give target_address, or target_port_id / target_server, not both",
+                                   field="target_address")
+            if spec.target_port_id is not None and spec.target_server is not None:
+                raise InvalidInput("give target_port_id or target_server, not both", field="target_server")
+            port_id = v.check_cloud_id(spec.target_port_id, "target_port_id") if spec.target_port_id else None
+            server = v.check_server(spec.target_server) if spec.target_server is not None else None
+            gateway = self.find_gateway(spec.gateway).cfg.name if spec.gateway is not None else None
+            found = self.targets.resolve(gateway=gateway, address=None, port_id=port_id, server=server,
+                                         project=principal.project)
+            return found.gateway, found.address, found
+        if spec.target_address is None:
+            raise InvalidInput("target_address is required (or, with OpenStack, target_port_id or target_server)",
+                               field="target_address")
+        return spec.gateway, spec.target_address, None
+
     def create(self, principal: Principal, spec: ForwardSpec) -> ForwardView:
-        cfg, gwdp = self._gateway(spec.gateway)
+        gateway, address, cloud = self._resolve(principal, spec)
+        cfg, gwdp = self._gateway(gateway)
+        self._check_project(principal, cfg)
         protocol = v.check_protocol(spec.protocol)
         count = v.check_port_count(spec.port_count)
         v.check_port(spec.target_port, "target_port", count)
-        target = v.check_target(spec.target_address, cfg, gwdp.local_addresses)
+        target = v.check_target(address, cfg, gwdp.local_addresses)
+        if cloud is None and cfg.router_id is not None and self.targets is not None:
+            # An address on a router: bound to the Neutron port that holds it, if one does (no API call).
+            found = self.targets.resolve(gateway=cfg.name, address=str(target), port_id=None, server=None,
+                                         project=principal.project)
+            cloud = found if found.port_id is not None else None
         ext = external_of(gwdp)
         if target == ext:
             raise InvalidInput("target_address is the gateway's external address", field="target_address")
         sources = v.check_sources(spec.allowed_sources)
         name, kind = v.check_name(spec.name), v.check_kind(spec.kind)
         description = v.check_description(spec.description)
-        pool = self._pools[(cfg.name, protocol)]
+        pool = self._pool(cfg, protocol)
         if spec.external_port is not None:
             v.check_port(spec.external_port, "external_port", count)
             if not pool.in_ranges(spec.external_port, count):
@@ -208,6 +277,9 @@ class ForwardService:
                           target_address=str(target), target_port=spec.target_port, name=name, kind=kind,
                           owner=principal.owner, description=description, enabled=spec.enabled,
                           allowed_sources=sources)
+            if cloud is not None:
+                fwd.target_port_id, fwd.target_server_id = cloud.port_id, cloud.server_id
+                fwd.target_server_name = cloud.server_name
             s.add(fwd)
             s.flush()
             start = self._allocate(s, pool, fwd, spec.external_port, count, principal)
@@ -296,7 +368,11 @@ class ForwardService:
     def list(self, principal: Principal, flt: ForwardFilter, *, limit: int = 50,
              offset: int = 0) -> tuple[int, list[ForwardView]]:
         conds = []
-        if not principal.admin:
+        if principal.project is not None and not principal.admin:
+            conds.append(Forward.gateway.in_(project_gateways(self.db, principal.project)))
+            if flt.owner is not None:
+                conds.append(Forward.owner == flt.owner)
+        elif not principal.admin:
             conds.append(Forward.owner == principal.owner)
         elif flt.owner is not None:
             conds.append(Forward.owner == flt.owner)
@@ -325,6 +401,9 @@ class ForwardService:
                 raise InvalidInput(f"{required} cannot be null{hint}", field=required)
         with self.db.writer() as s:
             fwd = self._owned(s, principal, forward_id, lock=True)
+            if fwd.orphaned_at is not None:
+                raise InvalidInput(f"forward {forward_id} is orphaned ({fwd.orphaned_reason}): it can only be "
+                                   "deleted", field=sorted(changes)[0] if changes else None)
             before = audit.forward_snapshot(fwd)
             cfg, gwdp = self._gateway(fwd.gateway)
             ext = external_of(gwdp)
@@ -334,6 +413,10 @@ class ForwardService:
                 target = v.check_target(changes["target_address"], cfg, gwdp.local_addresses)
                 if target == ext:
                     raise InvalidInput("target_address is the gateway's external address", field="target_address")
+                if str(target) != fwd.target_address:
+                    # An address given by hand: the forward no longer follows its Neutron port (the monitor binds
+                    # it again to whichever port holds the new address).
+                    fwd.target_port_id = fwd.target_server_id = fwd.target_server_name = None
                 fwd.target_address = str(target)
             if "target_port" in changes:
                 fwd.target_port = v.check_port(changes["target_port"], "target_port", fwd.port_count)
@@ -368,13 +451,19 @@ class ForwardService:
             fwd = self._owned(s, principal, forward_id, lock=True)
             trail = audit.record(s, principal, "forward.delete", fwd.id, before=audit.forward_snapshot(fwd),
                                  after=None)
-            cfg, gwdp = self._gateway(fwd.gateway)
-            old_rule = rule_of(fwd, external_of(gwdp)) if fwd.enabled else None
+            gwdp = self.dataplane.get(fwd.gateway)
             start, count, proto = fwd.external_port, fwd.port_count, fwd.protocol
-            s.delete(fwd)
-            s.flush()
-            self._commit_synced(s, gwdp, RuleChange.of([old_rule]), [forward_id] if old_rule else [])
-            self._pools[(cfg.name, proto)].release(start, count)
+            if gwdp is None or fwd.orphaned_at is not None:
+                # Orphaned (no rules), or its router is gone with its namespace: only the rows go.
+                s.delete(fwd)
+                s.commit()
+            else:
+                old_rule = rule_of(fwd, external_of(gwdp)) if fwd.enabled else None
+                s.delete(fwd)
+                s.flush()
+                self._commit_synced(s, gwdp, RuleChange.of([old_rule]), [forward_id] if old_rule else [])
+            if gwdp is not None:
+                self._pool(gwdp.cfg, proto).release(start, count)
             log.info("event=forward_deleted id=%d owner=%s", forward_id, principal.owner)
             self._publish("deleted", fwd)
             self.publisher.publish(trail)

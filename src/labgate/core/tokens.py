@@ -27,6 +27,7 @@ from typing import Any, Iterable
 
 from sqlalchemy import and_, func, or_, select, true, update
 
+from labgate.config import project_id
 from labgate.core import audit
 from labgate.core.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 from labgate.core.validation import check_owner
@@ -64,15 +65,17 @@ _REFUSAL = {
 class Principal:
     """Who is calling: the owner name forwards are recorded under, the token's role (`admin` is role == "admin"),
     the token's id (None for callers without a labgate token: the vLab compat API, the local CLI) and the peer
-    address the request came from (None when unknown)."""
+    address the request came from (None when unknown). `project`: the OpenStack project a token is scoped to (it
+    sees and changes only forwards on that project's routers), or None."""
 
     owner: str
     role: str
     token_id: int | None
     client: str | None
+    project: str | None
 
     def __init__(self, owner: str, admin: bool | None = None, token_id: int | None = None, *,
-                 role: str | None = None, client: str | None = None) -> None:
+                 role: str | None = None, client: str | None = None, project: str | None = None) -> None:
         if role is None:
             role = ADMIN if admin else USER
         elif admin is not None and admin != (role == ADMIN):
@@ -83,6 +86,7 @@ class Principal:
         object.__setattr__(self, "role", role)
         object.__setattr__(self, "token_id", token_id)
         object.__setattr__(self, "client", client)
+        object.__setattr__(self, "project", project)
 
     @property
     def admin(self) -> bool:
@@ -203,6 +207,7 @@ class TokenInfo:
     revoked: bool
     revoked_at: datetime | None
     status: str = field(default="active")  # active, expired, revoked
+    project_id: str | None = None
 
     @property
     def admin(self) -> bool:
@@ -215,35 +220,47 @@ class TokenInfo:
             else "active"
         return cls(id=t.id, owner=t.owner, role=t.role, created_at=t.created_at, created_by=t.created_by,
                    expires_at=t.expires_at, allowed_networks=list(t.allowed_networks) if t.allowed_networks else None,
-                   last_used_at=t.last_used_at, revoked=t.revoked, revoked_at=t.revoked_at, status=status)
+                   last_used_at=t.last_used_at, revoked=t.revoked, revoked_at=t.revoked_at, status=status,
+                   project_id=t.project_id)
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "owner": self.owner, "role": self.role, "admin": self.admin,
                 "created_at": self.created_at, "created_by": self.created_by, "expires_at": self.expires_at,
                 "allowed_networks": self.allowed_networks, "last_used_at": self.last_used_at,
-                "revoked": self.revoked, "revoked_at": self.revoked_at, "status": self.status}
+                "revoked": self.revoked, "revoked_at": self.revoked_at, "status": self.status,
+                "project_id": self.project_id}
 
 
 def _snapshot(t: Token) -> dict[str, Any]:
     """What the audit trail records of a token (no secret, no hash, nothing that changes on use)."""
-    return {"id": t.id, "owner": t.owner, "role": t.role, "created_by": t.created_by,
-            "expires_at": t.expires_at, "allowed_networks": t.allowed_networks, "revoked": t.revoked}
+    out = {"id": t.id, "owner": t.owner, "role": t.role, "created_by": t.created_by,
+           "expires_at": t.expires_at, "allowed_networks": t.allowed_networks, "revoked": t.revoked}
+    if t.project_id is not None:
+        out["project_id"] = t.project_id
+    return out
 
 
 def issue_token(db: Database, owner: str, *, role: str = USER, expires_at: datetime | None = None,
                 allowed_networks: Iterable[str] | None = None, by: Principal | None = None,
-                publisher: Publisher | None = None) -> tuple[str, TokenInfo]:
+                publisher: Publisher | None = None, project: str | None = None) -> tuple[str, TokenInfo]:
     """Store a new token and return (its secret, its description). The secret exists in clear only in this return
     value. The creation is audited (`token.create`, by `by`: the local user when None) in the same transaction."""
     check_owner(owner)
     check_role(role)
     networks = check_networks(allowed_networks)
     expires_at = check_expiry(expires_at)
+    if project is not None:
+        if role not in (USER, READONLY):
+            raise InvalidInput("only user and readonly tokens can be scoped to a project", field="project")
+        try:
+            project = project_id(project, "project")
+        except ValueError as exc:
+            raise InvalidInput(str(exc), field="project") from None
     by = by or local_actor()
     secret = PREFIX + secrets.token_urlsafe(32)
     with db.writer() as s, s.begin():
         token = Token(owner=owner, token_hash=hash_token(secret), role=role, revoked=False, created_at=utcnow(),
-                      created_by=by.owner[:64], expires_at=expires_at, allowed_networks=networks)
+                      created_by=by.owner[:64], expires_at=expires_at, allowed_networks=networks, project_id=project)
         s.add(token)
         s.flush()
         event = audit.record(s, by, "token.create", token.id, before=None, after=_snapshot(token))
@@ -255,12 +272,12 @@ def issue_token(db: Database, owner: str, *, role: str = USER, expires_at: datet
 
 def create_token(db: Database, owner: str, *, admin: bool = False, role: str | None = None,
                  expires_at: datetime | None = None, allowed_networks: Iterable[str] | None = None,
-                 by: Principal | None = None, publisher: Publisher | None = None) -> str:
+                 by: Principal | None = None, publisher: Publisher | None = None, project: str | None = None) -> str:
     """Store a new token for `owner` and return its secret (the only time it exists in clear)."""
     if role is not None and admin and role != ADMIN:
         raise InvalidInput(f"--admin contradicts role {role!r}", field="role")
     secret, _ = issue_token(db, owner, role=role or (ADMIN if admin else USER), expires_at=expires_at,
-                            allowed_networks=allowed_networks, by=by, publisher=publisher)
+                            allowed_networks=allowed_networks, by=by, publisher=publisher, project=project)
     return secret
 
 
@@ -349,7 +366,8 @@ def authenticate(db: Database, token: str | None, client: str | None = None) -> 
         raise Unauthorized("missing token: send 'Authorization: Bearer <token>'")
     with db.reader() as s:
         row = s.execute(
-            select(Token.id, Token.owner, Token.role, Token.expires_at, Token.allowed_networks, Token.last_used_at)
+            select(Token.id, Token.owner, Token.role, Token.expires_at, Token.allowed_networks, Token.last_used_at,
+                   Token.project_id)
             .where(Token.token_hash == hash_token(token), Token.revoked.is_(False))
         ).first()
     if row is None:
@@ -360,7 +378,7 @@ def authenticate(db: Database, token: str | None, client: str | None = None) -> 
     if row.allowed_networks and not _allowed_from(row.allowed_networks, client):
         raise Unauthorized(f"this token may not be used from {client or 'an unknown address'}")
     last_used.note(db, row.id, row.last_used_at, now)
-    return Principal(row.owner, token_id=row.id, role=row.role, client=client)
+    return Principal(row.owner, token_id=row.id, role=row.role, client=client, project=row.project_id)
 
 
 class LastUsed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import uuid
 from typing import Iterable
 
 from labgate.config import GatewayConfig
@@ -22,6 +23,29 @@ def check_name(value: str | None, field: str = "name") -> str | None:
     if not NAME_RE.fullmatch(value):
         raise InvalidInput(f"{field} must be 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit",
                            field=field)
+    return value
+
+
+def check_cloud_id(value: str, field: str) -> str:
+    """A Neutron/Nova object id (a UUID), in its canonical form: nothing else reaches the cloud's URLs."""
+    try:
+        return str(uuid.UUID(value.strip()))
+    except (ValueError, AttributeError):
+        raise InvalidInput(f"{field} must be an OpenStack id (a UUID)", field=field) from None
+
+
+SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()-]{0,254}$")
+
+
+def check_server(value: str) -> str:
+    """A server's id (canonical UUID) or its name (Nova names: printable, no control characters or slashes)."""
+    try:
+        return str(uuid.UUID(value.strip()))
+    except (ValueError, AttributeError):
+        pass
+    if not isinstance(value, str) or not SERVER_NAME_RE.fullmatch(value):
+        raise InvalidInput("target_server must be a server id or a name of letters, digits, ' ', '.', '_', '(', ')' "
+                           "or '-' (at most 255)", field="target_server")
     return value
 
 

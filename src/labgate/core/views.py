@@ -65,20 +65,31 @@ class ForwardView:
     description: str
     enabled: bool
     allowed_sources: list[str]
-    status: str  # active, disabled, error (the gateway cannot apply or route it)
+    # active, disabled, error (the gateway cannot apply or route it), orphaned (its OpenStack port or router went
+    # away: kept, its ports reserved, no rules)
+    status: str
     created_at: datetime
     updated_at: datetime
     health: HealthView
     usage: UsageView
+    target_port_id: str | None = None
+    target_server: dict[str, str | None] | None = None  # {"id", "name"}
+    orphaned_reason: str | None = None
 
     @classmethod
     def of(cls, fwd: Forward, *, external_address: str | None, gateway_ok: bool, st: ForwardState | None,
            addr: AddressHealth | None) -> "ForwardView":
-        status = "disabled" if not fwd.enabled else "active" if gateway_ok else "error"
+        if fwd.orphaned_at is not None:
+            status = "orphaned"
+        else:
+            status = "disabled" if not fwd.enabled else "active" if gateway_ok else "error"
+        server = ({"id": fwd.target_server_id, "name": fwd.target_server_name}
+                  if fwd.target_server_id or fwd.target_server_name else None)
         return cls(fwd.id, fwd.gateway, fwd.protocol, external_address, fwd.external_port, fwd.port_count,
                    fwd.target_address, fwd.target_port, fwd.name, fwd.kind, fwd.owner, fwd.description, fwd.enabled,
                    list(fwd.allowed_sources or []), status, fwd.created_at, fwd.updated_at,
-                   HealthView.of(fwd.protocol, st, addr), UsageView.of(st))
+                   HealthView.of(fwd.protocol, st, addr), UsageView.of(st), fwd.target_port_id, server,
+                   fwd.orphaned_reason)
 
 
 @dataclass
@@ -119,3 +130,8 @@ class GatewayView:
     problems: list[ProblemView]
     dns_name: str | None = None
     ddns: dict[str, Any] | None = None
+    # OpenStack router gateways: the router's id and name, its project; gone = the router was deleted (its
+    # forwards orphaned, their ports still reserved).
+    router_id: str | None = None
+    router_name: str | None = None
+    project_id: str | None = None

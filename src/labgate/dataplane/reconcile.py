@@ -41,6 +41,7 @@ from labgate.dataplane.render import (
     ForwardRule,
     GatewayShape,
     render_changes,
+    render_drop_tables,
     render_gateway_table,
     render_usage_ensure,
     render_usage_table,
@@ -401,7 +402,14 @@ class Dataplane:
 
     def __init__(self, gateways: list[GatewayConfig], source: RulesSource, *, kernels: KernelFactory | None,
                  interval: float = 30.0, full_interval: float | None = 600.0) -> None:
-        self.gateways = {g.name: GatewayDataplane(g, kernels(g) if kernels else None, source) for g in gateways}
+        self.source = source
+        self.kernels = kernels
+        # Replaced, never changed in place (copy on write): readers iterate it without a lock while gateways come
+        # and go at run time (OpenStack routers).
+        self.gateways: dict[str, GatewayDataplane] = {
+            g.name: GatewayDataplane(g, kernels(g) if kernels else None, source) for g in gateways}
+        self._gateways_lock = threading.Lock()
+        self._listeners: list[Callable[[str, GatewayDataplane], None]] = []
         self.interval = interval
         self.full_interval = full_interval
         self._loop = Periodic("reconcile", self._next_wait, self.reconcile_once, logger=log,
@@ -409,6 +417,62 @@ class Dataplane:
 
     def get(self, name: str) -> GatewayDataplane | None:
         return self.gateways.get(name)
+
+    # --- gateways that come and go at run time ----------------------------------------------------------------
+    def on_gateway(self, listener: Callable[[str, GatewayDataplane], None]) -> None:
+        """Call `listener("added" | "changed" | "removed", gateway)` after each such change (workers that run one
+        per gateway follow this way)."""
+        self._listeners.append(listener)
+
+    def put_gateway(self, cfg: GatewayConfig) -> GatewayDataplane:
+        """Add a gateway, or give an existing one its new config (addresses, ranges, target networks); the kernel
+        follows at the next pass (woken now). Returns its GatewayDataplane."""
+        with self._gateways_lock:
+            gw = self.gateways.get(cfg.name)
+            if gw is None:
+                gw = GatewayDataplane(cfg, self.kernels(cfg) if self.kernels else None, self.source)
+                self.gateways = {**self.gateways, cfg.name: gw}
+                what = "added"
+            elif gw.cfg == cfg:
+                return gw
+            else:
+                with gw.lock:
+                    if gw.cfg.netns != cfg.netns:
+                        raise ValueError(f"gateway {cfg.name!r} cannot move to another namespace")
+                    gw.cfg = cfg
+                    if cfg.external_address != "auto":
+                        gw.external_address = ipaddress.IPv4Address(cfg.external_address)
+                    gw.needs_full = True
+                what = "changed"
+        log.info("event=gateway_%s gateway=%s netns=%s", what, cfg.name, cfg.netns or "-")
+        self._tell(what, gw)
+        self._loop.trigger()
+        return gw
+
+    def remove_gateway(self, name: str, *, drop_table: bool = True) -> None:
+        """Stop serving a gateway: its table is removed from the kernel (when `drop_table` and the namespace is
+        still there) and it is forgotten. Its forwards stay in the database."""
+        with self._gateways_lock:
+            gw = self.gateways.get(name)
+            if gw is None:
+                return
+            self.gateways = {k: v for k, v in self.gateways.items() if k != name}
+        with gw.lock:
+            if drop_table and gw.kernel is not None:
+                try:
+                    gw.kernel.apply(render_drop_tables(gw.cfg.table_name))
+                except KernelError as exc:
+                    log.info("event=gateway_table_not_dropped gateway=%s reason=%r", name, str(exc))
+            gw.close()
+        log.info("event=gateway_removed gateway=%s", name)
+        self._tell("removed", gw)
+
+    def _tell(self, what: str, gw: GatewayDataplane) -> None:
+        for listener in self._listeners:
+            try:
+                listener(what, gw)
+            except Exception:  # noqa: BLE001 - a listener's failure must not undo the change
+                log.exception("event=gateway_listener_failed gateway=%s", gw.cfg.name)
 
     @contextmanager
     def change(self, name: str) -> Iterator[GatewayDataplane]:

@@ -236,6 +236,15 @@ USAGE_SETS = ("conns", "traffic")
 USAGE_CHAINS = {"pre": 1, "forward": 1}
 
 
+def render_drop_tables(table: str) -> str:
+    """Remove a gateway's two tables (forwarding and counters) in one batch; a no-op for tables that are missing
+    ("add" first, so the "delete" always has something to delete)."""
+    if not table.replace("_", "").isalnum() or not table[0].isalpha():
+        raise ValueError(f"table name {table!r} is not a plain identifier")
+    u = f"{table}_usage"
+    return f"add table ip {table}\ndelete table ip {table}\nadd table ip {u}\ndelete table ip {u}\n"
+
+
 def render_usage_table(shape: GatewayShape, ids: Iterable[int]) -> str:
     """The counters table, replaced whole (its counters start at zero): only when missing or damaged."""
     u = shape.usage_table

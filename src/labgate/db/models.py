@@ -64,6 +64,8 @@ class Token(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # An OpenStack project the token is scoped to: it sees and changes only forwards on that project's routers.
+    project_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class Forward(Base):
@@ -91,6 +93,32 @@ class Forward(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     allowed_sources: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # OpenStack: the Neutron port the forward follows (its fixed IP is target_address), and the server holding it.
+    target_port_id: Mapped[str | None] = mapped_column(String(36), nullable=True, index=True)
+    target_server_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    target_server_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Set when its target port or router went away and on_target_deleted = "orphan": kept, ports reserved, no rules.
+    orphaned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    orphaned_reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
+
+
+class CloudRouter(Base):
+    """An OpenStack router labgate serves as a gateway, as the monitor last saw it; kept after the router is gone
+    (gone_at) while forwards still hold its ports. Read at start, so a restart restores its rules without the
+    cloud."""
+
+    __tablename__ = "cloud_routers"
+
+    gateway: Mapped[str] = mapped_column(String(32), primary_key=True)
+    router_id: Mapped[str] = mapped_column(String(36), unique=True)
+    router_name: Mapped[str] = mapped_column(String(255), default="")
+    project_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    external_address: Mapped[str | None] = mapped_column(String(45), nullable=True)
+    target_networks: Mapped[list[str]] = mapped_column(JSON, default=list)
+    port_range: Mapped[list[str]] = mapped_column(JSON, default=list)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    gone_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
@@ -142,8 +170,9 @@ class ForwardState(Base):
 
 
 class Audit(Base):
-    """One change (a forward created, changed or deleted; a token created or revoked): who, with which token, from
-    which address, when, and the object before and after (JSON text). Written in the transaction of the change."""
+    """One change (a forward created, changed or deleted; a token created or revoked; a limit set): who, with which
+    token, from which address, when, and the object before and after (JSON text). Written in the transaction of the
+    change."""
 
     __tablename__ = "audit"
     __table_args__ = (
@@ -160,7 +189,7 @@ class Audit(Base):
     token_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     client: Mapped[str | None] = mapped_column(String(64), nullable=True)
     action: Mapped[str] = mapped_column(String(32))        # "forward.create", "token.revoke", ...
-    object_type: Mapped[str] = mapped_column(String(16))   # "forward", "token": the part of action before the dot
+    object_type: Mapped[str] = mapped_column(String(16))   # "forward", "token", "limits": the part before the dot
     object_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     before: Mapped[str | None] = mapped_column(Text, nullable=True)
     after: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable, Iterator
 
-from sqlalchemy import Row, String, delete, func, select, type_coerce
+from sqlalchemy import Row, String, and_, delete, func, select, type_coerce
 from sqlalchemy.orm import Session
 
-from labgate.db.models import AddressHealth, Forward, ForwardState, PortAllocation
+from labgate.db.models import AddressHealth, CloudRouter, Forward, ForwardState, PortAllocation
 from labgate.db.session import Database
 
 # The columns the kernel rule of a forward is made from; allowed_sources as raw JSON text (decoded only if set).
@@ -20,10 +20,13 @@ RULE_COLUMNS = (Forward.id, Forward.protocol, Forward.external_port, Forward.tar
                 Forward.port_count, type_coerce(Forward.allowed_sources, String).label("allowed_sources"))
 
 
+# A forward has kernel rules when it is enabled and not orphaned (its OpenStack port or router went away).
+LIVE = and_(Forward.enabled.is_(True), Forward.orphaned_at.is_(None))
+
+
 def enabled_rule_rows(s: Session, gateway: str) -> Iterator:
-    """Rows (RULE_COLUMNS) of the gateway's enabled forwards, by id, through `s` (its pending changes included)."""
-    return iter(s.execute(select(*RULE_COLUMNS).where(Forward.gateway == gateway, Forward.enabled.is_(True))
-                          .order_by(Forward.id)))
+    """Rows (RULE_COLUMNS) of the gateway's live forwards, by id, through `s` (its pending changes included)."""
+    return iter(s.execute(select(*RULE_COLUMNS).where(Forward.gateway == gateway, LIVE).order_by(Forward.id)))
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ def port_holder(s: Session, gateway: str, protocol: str, first: int, last: int) 
 # --- the workers' reads (health, usage, ddns) ---------------------------------------------------------------------
 def probe_targets(s: Session, gateway: str) -> list[Row]:
     """Every forward of the gateway (id, owner, name, protocol, enabled, target_address, target_port), through `s`."""
-    return s.execute(select(Forward.id, Forward.owner, Forward.name, Forward.protocol, Forward.enabled,
+    return s.execute(select(Forward.id, Forward.owner, Forward.name, Forward.protocol, LIVE.label("enabled"),
                             Forward.target_address, Forward.target_port)
                      .where(Forward.gateway == gateway)).all()
 
@@ -146,5 +149,30 @@ def named_enabled_forwards(db: Database) -> list[Row]:
     with db.reader() as s:
         return s.execute(select(Forward.name, Forward.gateway, Forward.protocol, Forward.external_port,
                                 Forward.port_count, Forward.target_address, Forward.target_port)
-                         .where(Forward.name.is_not(None), Forward.enabled.is_(True))
+                         .where(Forward.name.is_not(None), LIVE)
                          .order_by(Forward.id)).all()
+
+
+# --- OpenStack ------------------------------------------------------------------------------------------------------
+def cloud_routers(db: Database) -> list[CloudRouter]:
+    """Every router labgate serves or served (gone_at set), detached from the session."""
+    with db.reader() as s:
+        return list(s.scalars(select(CloudRouter).order_by(CloudRouter.gateway)))
+
+
+def cloud_forwards(db: Database, gateways: list[str]) -> list[Row]:
+    """The forwards on these router gateways the monitor follows (not orphaned): id, gateway, target_address,
+    target_port_id, target_server_id."""
+    if not gateways:
+        return []
+    with db.reader() as s:
+        return s.execute(select(Forward.id, Forward.gateway, Forward.target_address, Forward.target_port_id,
+                                Forward.target_server_id)
+                         .where(Forward.gateway.in_(gateways), Forward.orphaned_at.is_(None))
+                         .order_by(Forward.id)).all()
+
+
+def project_gateways(db: Database, project_id: str) -> list[str]:
+    """The router gateways (current or gone) of one project."""
+    with db.reader() as s:
+        return list(s.scalars(select(CloudRouter.gateway).where(CloudRouter.project_id == project_id)))

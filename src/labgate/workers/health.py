@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from datetime import datetime, timezone
+from typing import Callable, Iterable
 
-from labgate.config import Settings
+from labgate.config import GatewayConfig, Settings
 from labgate.dataplane.netns import NamespaceError
 from labgate.db import queries
 from labgate.db.models import AddressHealth, ForwardState
@@ -26,8 +27,11 @@ PORT_DOWN_STATES = ("refused", "timeout", "unreachable")
 
 class HealthMonitor:
     def __init__(self, settings: Settings, db: Database, bus: Publisher | None = None, *, down_after: int = 2,
-                 timeout: float = 1.0, attempts: int = 2) -> None:
+                 timeout: float = 1.0, attempts: int = 2,
+                 gateways: Callable[[], Iterable[GatewayConfig]] | None = None) -> None:
         self.settings = settings
+        # The gateways to probe, asked each cycle (OpenStack routers come and go); default: the configured ones.
+        self.gateways = gateways or (lambda: settings.gateway)
         self.db = db
         self.bus = bus
         self.down_after = down_after
@@ -39,7 +43,7 @@ class HealthMonitor:
         """One cycle over every gateway; returns what was probed (for tests and the benchmark)."""
         results: dict[str, NamespaceProbe] = {}
         total = 0.0
-        for gw in self.settings.gateway:
+        for gw in list(self.gateways()):
             with self.db.reader() as s:
                 rows = queries.probe_targets(s, gw.name)
             if not rows:

@@ -14,7 +14,7 @@ router = APIRouter(prefix="/api/v1/gateways", tags=["gateways"])
 
 @router.get("", response_model=list[GatewayOut], responses=AUTH_ERRORS)
 def list_gateways(lg: LabgateDep, who: ReaderDep) -> list[GatewayView]:
-    gateways = gateways_view(lg.settings, lg.db, lg.dataplane)
+    gateways = gateways_view(lg.settings, lg.db, lg.dataplane, who)
     if lg.ddns is not None:
         for g in gateways:
             g.ddns = lg.ddns.gateway_status(g.name)

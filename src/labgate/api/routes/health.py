@@ -35,7 +35,7 @@ class ForwardUsageCollector:
     def collect(self):
         labels = ["forward_id", "gateway", "owner", "name"]
         down = GaugeMetricFamily("labgate_targets_down", "Target addresses currently down", labels=["gateway"])
-        for gateway, n in targets_down(self.lg.db, (g.name for g in self.lg.settings.gateway)).items():
+        for gateway, n in targets_down(self.lg.db, list(self.lg.dataplane.gateways)).items():
             down.add_metric([gateway], n)
         if not self.per_forward:
             return [down]

@@ -36,7 +36,8 @@ def list_tokens(
 def create_token(body: TokenCreate, lg: LabgateDep, who: AdminDep, response: Response) -> dict:
     """Create a token for `owner`. The answer holds its secret (`token`): the only time it is ever shown."""
     secret, info = issue_token(lg.db, body.owner, role=body.role, expires_at=body.expires_at,
-                               allowed_networks=body.allowed_networks, by=who, publisher=lg.labels)
+                               allowed_networks=body.allowed_networks, by=who, publisher=lg.labels,
+                               project=body.project)
     response.headers["Cache-Control"] = "no-store"
     return {**info.as_dict(), "token": secret}
 

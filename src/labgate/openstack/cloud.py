@@ -1,0 +1,143 @@
+"""The cloud, as labgate reads it: a few batched Neutron listings through openstacksdk's authenticated session,
+every call counted. openstacksdk is an optional extra (`pip install labgate[openstack]`); it is imported only
+when an [openstack] section exists.
+
+Listings use `fields=` (only what topology.py reads) and marker paging, so one cycle costs three listings (plus
+one call per extra page of 1,000) whatever the number of forwards, routers or addresses.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Iterable, Iterator
+
+from prometheus_client import Counter
+
+from labgate.config.openstack import OpenStackConfig
+from labgate.openstack.topology import PORT_FIELDS, ROUTER_FIELDS, SUBNET_FIELDS, Port, Snapshot, parse_port
+
+log = logging.getLogger("labgate.openstack")
+
+PAGE = 1000
+API_CALLS = Counter("labgate_openstack_api_calls_total", "Calls made to the cloud's APIs", ["service", "outcome"])
+
+
+class CloudError(RuntimeError):
+    """The cloud could not be read (unreachable, an error answer, an unreadable answer); str() says why."""
+
+
+def connect(cfg: OpenStackConfig) -> Any:
+    """An openstacksdk Connection to `cfg.cloud` (clouds.yaml), or CloudError saying what is missing."""
+    try:
+        import openstack  # noqa: PLC0415 - the optional extra
+    except ImportError:
+        raise CloudError("openstacksdk is not installed: pip install 'labgate[openstack]'") from None
+    try:
+        if cfg.clouds_file:
+            import openstack.config  # noqa: PLC0415
+            import openstack.connection  # noqa: PLC0415
+
+            loader = openstack.config.OpenStackConfig(config_files=[cfg.clouds_file], vendor_files=[],
+                                                      secure_files=[])
+            return openstack.connection.Connection(config=loader.get_one(cloud=cfg.cloud),
+                                                   api_timeout=cfg.api_timeout)
+        return openstack.connect(cloud=cfg.cloud, api_timeout=cfg.api_timeout)
+    except Exception as exc:  # noqa: BLE001 - openstacksdk raises many kinds for a bad clouds.yaml
+        raise CloudError(f"cannot use cloud {cfg.cloud!r} from clouds.yaml: {exc}") from None
+
+
+class Cloud:
+    """Neutron reads (and the one Nova lookup a server name needs), counted in `calls`."""
+
+    def __init__(self, cfg: OpenStackConfig, conn: Any | None = None) -> None:
+        self.cfg = cfg
+        self._conn = conn
+        self._lock = threading.Lock()
+        self.calls = 0
+
+    @property
+    def conn(self) -> Any:
+        with self._lock:
+            if self._conn is None:
+                self._conn = connect(self.cfg)
+            return self._conn
+
+    # --- raw calls ----------------------------------------------------------------------------------------------
+    def _get(self, service: str, path: str, params: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+        conn = self.conn
+        with self._lock:
+            self.calls += 1
+        try:
+            # The first use of a service discovers its endpoint: that too can find the cloud unreachable.
+            resp = getattr(conn, service).get(path, params=params or [], raise_exc=False)
+        except Exception as exc:  # noqa: BLE001 - keystoneauth's connection errors, timeouts
+            API_CALLS.labels(service, "unreachable").inc()
+            raise CloudError(f"{service} {path}: {type(exc).__name__}: {exc}") from None
+        if resp.status_code == 404:
+            API_CALLS.labels(service, "not_found").inc()
+            return {}
+        if resp.status_code >= 400:
+            API_CALLS.labels(service, "error").inc()
+            raise CloudError(f"{service} {path} answered {resp.status_code}: {resp.text[:300]!r}")
+        API_CALLS.labels(service, "ok").inc()
+        try:
+            body = resp.json()
+        except ValueError:
+            raise CloudError(f"{service} {path} answered {resp.status_code} with a body that is not JSON") from None
+        if not isinstance(body, dict):
+            raise CloudError(f"{service} {path} answered an unexpected body")
+        return body
+
+    def _list(self, path: str, key: str, fields: Iterable[str], filters: list[tuple[str, str]] = ()) -> Iterator[dict]:
+        params = [("fields", f) for f in fields] + list(filters) + [("limit", str(PAGE))]
+        marker = None
+        while True:
+            body = self._get("network", path, params + ([("marker", marker)] if marker else []))
+            items = body.get(key)
+            if not isinstance(items, list):
+                raise CloudError(f"network {path} answered without a {key!r} list")
+            yield from items
+            if len(items) < PAGE:
+                return
+            marker = str(items[-1].get("id"))
+
+    # --- what the monitor and the forward commands read ---------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """One look: routers, ports and subnets (of the selected projects), three listings."""
+        projects = [("project_id", p) for p in self.cfg.projects]
+        routers = list(self._list("/routers", "routers", ROUTER_FIELDS, projects))
+        ports = list(self._list("/ports", "ports", PORT_FIELDS, projects))
+        subnets = list(self._list("/subnets", "subnets", SUBNET_FIELDS, projects))
+        try:
+            return Snapshot.parse(routers, ports, subnets)
+        except ValueError as exc:
+            raise CloudError(f"unreadable answer: {exc}") from None
+
+    def port(self, port_id: str) -> Port | None:
+        body = self._get("network", f"/ports/{port_id}", [("fields", f) for f in PORT_FIELDS])
+        return parse_port(body["port"]) if body.get("port") else None
+
+    def server_ports(self, server_id: str) -> list[Port]:
+        return [parse_port(p) for p in self._list("/ports", "ports", PORT_FIELDS, [("device_id", server_id)])]
+
+    def server_by_name(self, name: str) -> tuple[str, str] | None:
+        """(id, name) of the one server called `name` (Nova); CloudError when there is no compute service or the
+        name is ambiguous."""
+        try:
+            servers = list(self.conn.compute.servers(name=f"^{_regex_quote(name)}$", all_projects=True))
+        except Exception as exc:  # noqa: BLE001
+            raise CloudError(f"cannot look up server {name!r} (Nova): {exc}; give the server's id instead") from None
+        finally:
+            with self._lock:
+                self.calls += 1
+        if not servers:
+            return None
+        if len(servers) > 1:
+            raise CloudError(f"{len(servers)} servers are called {name!r}: give the server's id instead")
+        return str(servers[0].id), str(servers[0].name)
+
+
+def _regex_quote(text: str) -> str:
+    # Nova's name filter is a regular expression: match the name literally.
+    return "".join("\\" + c if not c.isalnum() else c for c in text)
