@@ -53,7 +53,7 @@ run: deps
 test: test-deps deps
 	LG_TEST_VIA_MAKE=1 $(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
-# As root: `make bench` (full, ~10 min) or `make bench BENCH_ARGS=--quick` (smoke run); results in bench/results/.
+# As root: `make bench` (full, ~16 min) or `make bench BENCH_ARGS=--quick` (smoke run); results in bench/results/.
 bench: bench-deps deps
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 

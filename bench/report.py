@@ -62,6 +62,7 @@ def build_figures(results: dict) -> list[Figure]:
     if dp:
         figs += _dataplane_figures(dp)
     figs += _background_figures(results.get("background"))
+    figs += _openstack_figures(results.get("openstack"))
     return figs
 
 
@@ -78,9 +79,28 @@ def _background_figures(bg: dict | None) -> list[Figure]:
     else:
         figs.append(Figure("background", "reachability cycle, 10,000 addresses (half unreachable)", None, "s",
                            "-", None, f"<= {REACHABILITY_MAX_S:g} s", None, "not yet"))
-    for size in (100, 10_000):
-        figs.append(Figure("background", f"OpenStack monitor: API calls and time per cycle, {n(size)} forwards",
-                           None, "s", "-", None, "", None, "not yet"))
+    return figs
+
+
+def _openstack_figures(os_: dict | None) -> list[Figure]:
+    """labgate's steady-state monitor cycle against the PRaaS method, per size (bench/openstack.py)."""
+    if not os_:
+        return [Figure("background", f"OpenStack monitor: API calls and time per cycle, {n(size)} forwards",
+                       None, "s", "-", None, "", None, "not yet") for size in (100, 10_000)]
+    figs: list[Figure] = []
+    for size, r in sorted(os_["sizes"].items(), key=lambda kv: int(kv[0])):
+        lg, pr = r["labgate"], r["praas"]
+        spread = f", {r['forwards_per_address']:g} each" if r["forwards_per_address"] != 1 else ""
+        ok = lg["api_calls"] == lg["expected_api_calls"] and lg["cycle_s"] < pr["cycle_s"]
+        figs.append(Figure(
+            "background",
+            f"OpenStack monitor cycle, nothing changed, {n(size)} forwards on {n(r['addresses'])} addresses{spread}: "
+            f"{lg['api_calls']} API calls vs {n(pr['calls'])}",
+            lg["cycle_s"], "s",
+            f"PRaaS method on the same Neutron: GET /routers + one GET /ports?fixed_ips per mapped address"
+            + (f" (extrapolated from {n(pr['listings_timed'])} listings)" if pr["extrapolated"] else ""),
+            pr["cycle_s"],
+            "3 listings (+1 a page of 1,000) whatever the forwards, and faster than PRaaS", ok, _verdict(ok)))
     return figs
 
 
@@ -264,7 +284,8 @@ def markdown(results: dict, figures: list[Figure], stem: str = "latest") -> str:
         "",
         "Each figure is a ratio against a baseline measured in the same run (times: below 1x means faster than the "
         f"baseline; rates: above 1x means more). Raw numbers are in `{stem}.json`. How each is measured: the "
-        "docstrings of `bench/control.py`, `bench/dataplane.py`, `bench/background.py` and `bench/seeds.py`.",
+        "docstrings of `bench/control.py`, `bench/dataplane.py`, `bench/background.py`, `bench/openstack.py` and "
+        "`bench/seeds.py`.",
         "",
     ]
     areas = []
@@ -348,6 +369,30 @@ def _raw_tables(results: dict) -> list[str]:
                   f"- seeds' pinger: {n(p['sample'])} addresses ({p['answered']} answering) in {p['sample_s']:.1f} s "
                   f"with {p['threads']} threads; scaled to {n(p['extrapolated_to'])}: {p['extrapolated_s']:.0f} s.",
                   ""]
+    os_ = results.get("openstack")
+    if os_:
+        nt = os_["neutron"]
+        lines += ["## Raw: OpenStack", "",
+                  f"Neutron {nt.get('version') or '?'} on loopback: schema {nt.get('schema_s', 0):.1f} s, start "
+                  f"{nt.get('serve_s', 0):.1f} s, {n(nt.get('vm_ports', 0))} VM ports created in bulk in "
+                  f"{nt.get('ports_s', 0):.0f} s; subnet {os_['subnet']}, router_port_range "
+                  f"{os_['router_port_range']}.",
+                  "",
+                  "| forwards | addresses | made by create (p50 ms) / inserted | labgate cycle (s), every run | "
+                  "of which its 3 listings (s) | API calls (ports listed) | PRaaS cycle (s), every run | "
+                  "PRaaS calls (ms a listing) | unfiltered GET /ports (s, ports) |",
+                  "| ---: | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: |"]
+        for size, r in sorted(os_["sizes"].items(), key=lambda kv: int(kv[0])):
+            lg, pr, pop, full = r["labgate"], r["praas"], r["populate"], r.get("unfiltered_port_listing")
+            lines.append(
+                f"| {n(size)} | {n(r['addresses'])} | {n(pop['created'])} ({pop['create_ms'].get('p50', 0):.1f}) / "
+                f"{n(pop['inserted'])} | " + ", ".join(f"{x:.3f}" for x in lg["all_cycle_s"])
+                + f" | {lg['listings_s']:.3f} | {lg['api_calls']} ({n(lg['ports_listed'])}) | "
+                + ", ".join(f"{x:.2f}" for x in pr["all_cycle_s"])
+                + (f" (extrapolated from {n(pr['listings_timed'])})" if pr["extrapolated"] else "")
+                + f" | {n(pr['calls'])} ({pr['listing_ms']:.1f}) | "
+                + (f"{full['listing_s']:.2f} ({n(full['ports'])})" if full else "-") + " |")
+        lines.append("")
     notes = results.get("notes") or []
     if notes:
         lines += ["## Notes", ""] + [f"- {x}" for x in notes] + [""]

@@ -1,14 +1,16 @@
 """`make bench`: measure labgate against the seeds' way and against the kernel's own limit, in one run (issue 3).
 
-    python bench/run.py            # the full run (~10-15 min on 2 cores): 100 / 10,000 / 50,000 forwards
-    python bench/run.py --quick    # a smoke run (< 2 min) with small tables; writes results/quick.{json,md}
+    python bench/run.py            # the full run (~15 min on 2 cores): 100 / 10,000 / 50,000 forwards
+    python bench/run.py --quick    # a smoke run (a few minutes) with small tables; writes results/quick.{json,md}
+    python bench/run.py --only openstack [--quick]   # one area; writes results/openstack_only[_quick].{json,md}
 
 Needs root, nft, ip, conntrack, iptables (both backends), iperf3, socat and ping (`make bench` installs them).
 Everything happens inside network namespaces this run creates (prefix "lgb" + 4 hex digits) and in a temporary
 folder; all of it, and every process the run started, is removed at the end, also after an error or Ctrl-C.
 The areas (one module each): control.py (API, restore, reconcile, memory), dataplane.py (new-connection latency,
-throughput), background.py (the reachability cycle), seeds.py (the iptables baseline), report.py (figures, ratios,
-goals -> latest.json / latest.md).
+throughput), background.py (the reachability cycle), openstack.py (the OpenStack monitor's cycle against the PRaaS
+method, on a real Neutron API started from tests/openstack), seeds.py (the iptables baseline), report.py (figures,
+ratios, goals -> latest.json / latest.md).
 """
 
 from __future__ import annotations
@@ -21,9 +23,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench/run.py` from anywhere
+# `python bench/run.py` from anywhere: the repository root on sys.path, and this folder off it (Python puts a
+# script's folder first), or bench/openstack.py would shadow openstacksdk's `openstack` package.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
-from bench import background, control, dataplane, report  # noqa: E402
+from bench import background, control, dataplane, openstack, report  # noqa: E402
 from bench.common import Sandbox, git_info, machine_info, now_utc  # noqa: E402
 from bench.seeds import BACKENDS  # noqa: E402
 
@@ -38,6 +44,8 @@ PRESETS = {
         dataplane=dict(sizes=[10, 10_000, 50_000], rounds=10, connections=200, settle_s=1.0, throughput_rounds=5,
                        throughput_seconds=4),
         background=dict(addresses=10_000, repeats=3, seeds_sample=100),
+        openstack=dict(sizes=[100, 10_000], repeats=5, praas_repeats=3, praas_sample=200, creates=500,
+                       max_addresses=1000),
     ),
     "quick": dict(
         control=dict(sizes=[100, 2_000, 5_000], creates=100, live_checks=5, concurrent_clients=8,
@@ -46,6 +54,8 @@ PRESETS = {
         dataplane=dict(sizes=[10, 2_000, 5_000], rounds=2, connections=100, settle_s=0.3, throughput_rounds=1,
                        throughput_seconds=1),
         background=dict(addresses=2_000, repeats=1, seeds_sample=20),
+        openstack=dict(sizes=[100, 1_000], repeats=3, praas_repeats=1, praas_sample=100, creates=100,
+                       max_addresses=250),
     ),
 }
 
@@ -65,7 +75,25 @@ NOTES = [
     "nft runner): the forwarding table and the usage-counter table together.",
     "The API server runs with everything `serve` starts (reconcile loop, usage counters, health checks, connection "
     "events), on the working tree of the commit named above.",
+    "OpenStack: a real Neutron 29 API (tests/openstack/neutron_api.py, SQLite, noauth, on loopback; DHCP agent "
+    "notifications off, there is no agent), one project router with a /20 subnet and bulk-created VM ports (one "
+    "mapped address each, at most 1,000: larger sizes spread several forwards, with distinct target ports, over "
+    "each address). labgate: its real assembly in the bench process (no HTTP, dataplane none), forwards created by "
+    "address on the router gateway (the first few hundred through ForwardService.create, the rest bulk-inserted "
+    "already bound to their port, which a cycle then confirms), then the steady-state monitor.cycle() (nothing "
+    "changed in the cloud) timed: median, and the API calls its report counts. Baseline, the PRaaS method on the "
+    "same Neutron in the same run, interleaved: GET /routers, then one GET /ports?fixed_ips=ip_address=X per mapped "
+    "address (admin, openstacksdk's network adapter like labgate); above the sample size its listings are timed on "
+    "a spread sample and scaled linearly to all addresses (marked extrapolated). Reading the mappings back from "
+    "iptables, as PRaaS also did, is not counted.",
 ]
+
+
+def default_stem(only: str | None, quick: bool) -> str:
+    """latest / quick for a whole run; a run of one area never replaces them."""
+    if only:
+        return f"{only}_only" + ("_quick" if quick else "")
+    return "quick" if quick else "latest"
 
 
 def log(message: str) -> None:
@@ -88,8 +116,10 @@ def check_prerequisites() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small tables and few samples: a smoke run < 2 min")
-    parser.add_argument("--only", choices=("control", "dataplane", "background"), help="run one area only")
+    parser.add_argument("--quick", action="store_true",
+                        help="small tables and few samples: a smoke run of a few minutes")
+    parser.add_argument("--only", choices=("control", "dataplane", "background", "openstack"),
+                        help="run one area only (results: AREA_only[_quick].{json,md}, never latest)")
     parser.add_argument("--backends", default=",".join(BACKENDS),
                         help=f"iptables backends for the baselines, comma-separated (default: {','.join(BACKENDS)})")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default: {RESULTS})")
@@ -124,13 +154,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "background"):
             log("background work")
             results["background"] = background.run(sandbox, background.BackgroundConfig(**preset["background"]), log)
+        if args.only in (None, "openstack"):
+            log("OpenStack monitor (a real Neutron API)")
+            results["openstack"] = openstack.run(sandbox, openstack.OpenStackBenchConfig(**preset["openstack"]), log)
     finally:
         errors = sandbox.close()
         for e in errors:
             log(f"cleanup: {e}")
     results["duration_s"] = time.monotonic() - started
     results["load_average_end"] = os.getloadavg()
-    json_path, md_path = report.write(results, args.out, args.name or ("quick" if args.quick else "latest"))
+    stem = args.name or default_stem(args.only, args.quick)
+    json_path, md_path = report.write(results, args.out, stem)
     log(f"wrote {json_path} and {md_path} in {results['duration_s']:.0f}s")
     print(md_path.read_text())
     return 0
