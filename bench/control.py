@@ -123,7 +123,8 @@ def kernel_elements(ns: str, table: str = TABLE) -> int:
     out = run_in_ns(ns, ["nft", "-j", "list", "map", "ip", table, "ids"]).stdout
     for item in json.loads(out)["nftables"]:
         if "map" in item:
-            return len(item["map"].get("elem", []))
+            # Not the sentinel element (0.0.0.0 . tcp . 0: labgate's cheap drift check), which no forward is.
+            return sum(1 for e in item["map"].get("elem", []) if '"0.0.0.0"' not in json.dumps(e))
     return 0
 
 
