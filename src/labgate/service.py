@@ -105,6 +105,11 @@ class Labgate:
         return self.openstack is not None or any(gw.kernel is not None for gw in self.dataplane.gateways.values())
 
     @property
+    def watchers(self) -> dict[str, ConnectionWatcher]:
+        """The running connection-event watcher of each gateway, by gateway name."""
+        return dict(self._watchers)
+
+    @property
     def watches_connections(self) -> bool:
         return self.settings.server.dataplane == "nft" and self.dataplane_enabled
 

@@ -407,7 +407,7 @@ def test_gateway_namespace_deleted_under_the_service_and_created_again(lab, lab2
             running_server(in_process_settings(tmp_path, lab, lab2)) as srv, \
             srv.client(srv.token("root", admin=True)) as c:
         a = c.post("/api/v1/forwards", json={"target_address": m1, "target_port": 22, "gateway": "lab"}).json()
-        watcher = next(w for w in srv.labgate.workers if getattr(w, "gateway", None) == "lab")
+        watcher = srv.labgate.watchers["lab"]
         assert watcher.ready.wait(15), "the connection watcher of gateway lab never ran"
         assert echo(lab, a["external_port"], "x") == "vm1:x"
         wait_for(lambda: len(connection_events(c, a["id"])) == 1, "the connection's event")

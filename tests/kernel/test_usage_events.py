@@ -81,7 +81,7 @@ def test_each_forwarded_connection_is_an_event_with_its_forward_owner_and_endpoi
             tcp = alice.post("/api/v1/forwards", json={"target_address": m1, "target_port": 22, "name": "vm1"}).json()
             udp = bob.post("/api/v1/forwards", json={"target_address": m1, "target_port": 53, "protocol": "udp",
                                                      "name": "dns"}).json()
-            watcher = next(w for w in srv.labgate.workers if getattr(w, "gateway", None) == "lab")
+            watcher = srv.labgate.watchers["lab"]
             assert watcher.ready.wait(10)
             assert tcp_request(lab.client_ns, lab.external_address, tcp["external_port"], "x",
                                source=lab.client_address)

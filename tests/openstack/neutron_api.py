@@ -195,9 +195,10 @@ class ProjectTopology:
 class NeutronServer:
     """One Neutron API process; `start()` then `stop()` (idempotent). See the module's docstring."""
 
-    def __init__(self, root: Path, python: Path) -> None:
+    def __init__(self, root: Path, python: Path, *, extra_conf: str = "") -> None:
         self.root = root
         self.python = python
+        self.extra_conf = extra_conf  # more neutron.conf text (e.g. "[DEFAULT]\npagination_max_limit = 2\n")
         self.process: subprocess.Popen | None = None
         self.port: int | None = None
         self.log_path = root / "neutron.log"
@@ -215,13 +216,17 @@ class NeutronServer:
         return f"http://127.0.0.1:{self.port}/"
 
     def _config_args(self) -> list[str]:
-        return ["--config-file", str(self.root / "neutron.conf"), "--config-file", str(self.root / "ml2_conf.ini")]
+        extra = ["--config-file", str(self.root / "extra.conf")] if self.extra_conf else []
+        return ["--config-file", str(self.root / "neutron.conf"), "--config-file", str(self.root / "ml2_conf.ini"),
+                *extra]
 
     def _write_config(self) -> None:
         for d in ("state", "lock"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         (self.root / "neutron.conf").write_text(NEUTRON_CONF.format(root=self.root))
         (self.root / "ml2_conf.ini").write_text(ML2_CONF)
+        if self.extra_conf:
+            (self.root / "extra.conf").write_text(self.extra_conf)
         paste = self.python.parent.parent / "etc" / "neutron" / "api-paste.ini"
         shutil.copyfile(paste, self.root / "api-paste.ini")
 

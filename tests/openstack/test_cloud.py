@@ -63,3 +63,25 @@ def test_an_unreachable_cloud_is_a_cloud_error(neutron, tmp_path) -> None:
     missing = Cloud(OpenStackConfig(cloud="nowhere", clouds_file=str(clouds)))
     with pytest.raises(CloudError, match="cannot use cloud 'nowhere'"):
         missing.snapshot()
+
+
+def test_a_neutron_that_caps_its_pages_is_still_read_whole(neutron, tmp_path_factory) -> None:
+    """Neutron caps `limit` at its pagination_max_limit (deployments set it, often below labgate's page of 1,000):
+    a short page is then not the last one. Read as the last, the rest of the ports would look deleted and the
+    monitor would delete their forwards."""
+    from tests.openstack.neutron_api import NeutronServer
+
+    capped = NeutronServer(tmp_path_factory.mktemp("neutron-capped"), neutron.python,
+                           extra_conf="[DEFAULT]\npagination_max_limit = 2\n")
+    try:
+        capped.start()
+        topo = capped.project_topology(cidr="10.33.0.0/24")
+        for i in range(3):
+            capped.vm_port(topo, f"10.33.0.{10 + i}")
+        want = {p.id for p in capped.admin().network.ports()}
+        cloud = Cloud(OpenStackConfig(cloud=capped.cloud, clouds_file=str(capped.clouds_yaml)))
+        snap = cloud.snapshot()
+        assert set(snap.ports) == want and len(want) >= 5
+        assert topo.router.id in snap.routers and topo.subnet.id in snap.subnets
+    finally:
+        capped.stop()

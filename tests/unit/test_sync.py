@@ -268,3 +268,18 @@ def test_a_flushed_map_is_found_by_the_cheap_check(plane):
     assert gw.check_tables() == (False, True)
     assert dp.reconcile_once() is True
     assert ids_in_kernel(kernel) == {f"{EXT} . tcp . 4000": "1"} and gw.check_tables() == (True, True)
+
+
+def test_a_removed_gateway_is_left_alone_by_a_pass_that_still_holds_it(plane) -> None:
+    """The reconcile loop walks the gateways it read before the monitor removed one: that gateway's table, just
+    dropped, must not come back, and the pass must not fail on its closed kernel."""
+    dp, gw, kernel, rules = plane
+    rules.committed[1] = (4001, "10.9.0.5", 22)
+    assert dp.reconcile_gateway(gw)
+    dp.remove_gateway("lab")
+    assert "labgate_lab" not in kernel.tables
+    assert dp.reconcile_gateway(gw)  # a pass holding the old dict
+    assert "labgate_lab" not in kernel.tables
+    with pytest.raises(DataplaneError, match="removed"):
+        with dp.change("lab"):
+            pass

@@ -54,12 +54,16 @@ class TargetResolver(Protocol):
 
 @dataclass
 class CloudChange:
-    """What one cycle changes on one gateway: forward id -> new address / reason / (port id, server id)."""
+    """What one cycle changes on one gateway: forward id -> new address / reason / (port id, server id).
+    `looked_at`: when the look these changes come from began; a forward created or changed since then was made from
+    newer facts than the look's (a port read by its create, an address given by hand), so it is left to the next
+    look."""
 
     retarget: dict[int, str] = field(default_factory=dict)
     remove: dict[int, str] = field(default_factory=dict)
     orphan: dict[int, str] = field(default_factory=dict)
     bind: dict[int, tuple[str, str | None]] = field(default_factory=dict)
+    looked_at: datetime | None = None
 
     @property
     def empty(self) -> bool:
@@ -135,6 +139,8 @@ def apply_changes(svc: "ForwardService", gateway: str, change: CloudChange) -> d
                               .order_by(Forward.id).with_for_update()))
         remove, add, cut = [], [], []
         for fwd in fwds:
+            if change.looked_at is not None and fwd.updated_at is not None and fwd.updated_at >= change.looked_at:
+                continue  # newer than the look
             before = audit.forward_snapshot(fwd)
             old_rule = rule_of(fwd, ext) if fwd.enabled else None
             if fwd.id in change.remove:

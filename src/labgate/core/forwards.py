@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import and_, func, select
@@ -131,9 +131,10 @@ class ForwardService:
                 pool = self._pools[(cfg.name, protocol)] = PortPool(cfg.name, protocol, cfg.ranges)
             return pool
 
-    def find_gateway(self, name: str | None) -> GatewayDataplane:
-        """A gateway by name, or (OpenStack) by its router's id or name; with no name, the only gateway there is.
-        InvalidInput when there is none or several."""
+    def find_gateway(self, name: str | None, project: str | None = None) -> GatewayDataplane:
+        """A gateway by name, or (OpenStack) by its router's id or name (with `project`, a project-scoped caller's:
+        among that project's routers only); with no name, the only gateway there is. InvalidInput when there is
+        none or several."""
         gateways = self.dataplane.gateways
         if name is None:
             if len(gateways) != 1:
@@ -143,7 +144,8 @@ class ForwardService:
         found = gateways.get(name)
         if found is None:
             routers = [g for g in gateways.values() if g.cfg.router_id is not None
-                       and name in (g.cfg.router_id, g.cfg.router_name)]
+                       and name in (g.cfg.router_id, g.cfg.router_name)
+                       and (project is None or g.cfg.project_id == project)]
             if len(routers) > 1:
                 raise InvalidInput(f"{len(routers)} routers are called {name!r}: name the gateway by router id",
                                    field="gateway")
@@ -159,8 +161,8 @@ class ForwardService:
             raise InvalidInput(f"gateway {cfg.name!r} is not a router of project {principal.project}",
                                field="gateway")
 
-    def _gateway(self, name: str | None) -> tuple[GatewayConfig, GatewayDataplane]:
-        gwdp = self.find_gateway(name)
+    def _gateway(self, name: str | None, project: str | None = None) -> tuple[GatewayConfig, GatewayDataplane]:
+        gwdp = self.find_gateway(name, project)
         return gwdp.cfg, gwdp
 
     def _owned(self, s: Session, principal: Principal, forward_id: int, *, lock: bool = False) -> Forward:
@@ -193,22 +195,26 @@ class ForwardService:
         """Sync the kernel (partial, or full from this session's pending view), then commit; a kernel refusal
         rolls back and answers 503. After the commit, outside the transaction and the gateway lock, cut the open
         sessions of `cut` (before the caller answers, so a 2xx still means they are gone)."""
-        with self.dataplane.change(gwdp.cfg.name) as gw:
-            try:
-                gw.sync(change, desired=lambda ext: self.rules.enabled_rules(gw.cfg.name, ext, s))
-            except ChangeRefused as exc:
-                s.rollback()
-                raise InvalidInput(f"the kernel refused this change on gateway {gw.cfg.name!r} (nothing was "
-                                   f"changed): {exc}") from None
-            except DataplaneError as exc:
-                s.rollback()
-                raise DataplaneUnavailable(f"the kernel refused the change on gateway {gw.cfg.name!r}: {exc}") \
-                    from None
-            try:
-                s.commit()
-            except Exception:
-                s.rollback()
-                raise
+        try:
+            with self.dataplane.change(gwdp.cfg.name) as gw:
+                try:
+                    gw.sync(change, desired=lambda ext: self.rules.enabled_rules(gw.cfg.name, ext, s))
+                except ChangeRefused as exc:
+                    s.rollback()
+                    raise InvalidInput(f"the kernel refused this change on gateway {gw.cfg.name!r} (nothing was "
+                                       f"changed): {exc}") from None
+                except DataplaneError as exc:
+                    s.rollback()
+                    raise DataplaneUnavailable(f"the kernel refused the change on gateway {gw.cfg.name!r}: {exc}") \
+                        from None
+                try:
+                    s.commit()
+                except Exception:
+                    s.rollback()
+                    raise
+        except DataplaneError as exc:  # only change() itself: the gateway (a router gone) was removed meanwhile
+            s.rollback()
+            raise DataplaneUnavailable(f"{exc} while this request ran (nothing was changed); try again") from None
         gwdp.cut(cut)
 
     # --- commands ------------------------------------------------------------------------------------------------
@@ -225,7 +231,8 @@ class ForwardService:
                 raise InvalidInput("give target_port_id or target_server, not both", field="target_server")
             port_id = v.check_cloud_id(spec.target_port_id, "target_port_id") if spec.target_port_id else None
             server = v.check_server(spec.target_server) if spec.target_server is not None else None
-            gateway = self.find_gateway(spec.gateway).cfg.name if spec.gateway is not None else None
+            gateway = (self.find_gateway(spec.gateway, principal.project).cfg.name if spec.gateway is not None
+                       else None)
             found = self.targets.resolve(gateway=gateway, address=None, port_id=port_id, server=server,
                                          project=principal.project)
             return found.gateway, found.address, found
@@ -236,7 +243,7 @@ class ForwardService:
 
     def create(self, principal: Principal, spec: ForwardSpec) -> ForwardView:
         gateway, address, cloud = self._resolve(principal, spec)
-        cfg, gwdp = self._gateway(gateway)
+        cfg, gwdp = self._gateway(gateway, principal.project)
         self._check_project(principal, cfg)
         protocol = v.check_protocol(spec.protocol)
         count = v.check_port_count(spec.port_count)
@@ -376,6 +383,13 @@ class ForwardService:
             conds.append(Forward.owner == principal.owner)
         elif flt.owner is not None:
             conds.append(Forward.owner == flt.owner)
+        if flt.gateway is not None and flt.gateway not in self.dataplane.gateways:
+            # A router's id or name stands for its gateway here too (an unknown name simply matches nothing).
+            routers = [g.cfg.name for g in self.dataplane.gateways.values() if g.cfg.router_id is not None
+                       and flt.gateway in (g.cfg.router_id, g.cfg.router_name)
+                       and (principal.project is None or principal.admin or g.cfg.project_id == principal.project)]
+            if len(routers) == 1:
+                flt = replace(flt, gateway=routers[0])
         for col, value in ((Forward.name, flt.name), (Forward.kind, flt.kind),
                            (Forward.target_address, flt.target_address), (Forward.target_port, flt.target_port),
                            (Forward.protocol, flt.protocol), (Forward.gateway, flt.gateway)):
@@ -414,9 +428,13 @@ class ForwardService:
                 if target == ext:
                     raise InvalidInput("target_address is the gateway's external address", field="target_address")
                 if str(target) != fwd.target_address:
-                    # An address given by hand: the forward no longer follows its Neutron port (the monitor binds
-                    # it again to whichever port holds the new address).
+                    # An address given by hand: the forward follows the Neutron port holding it now, if one does
+                    # (checked as at create: never another project's), else none until the monitor finds one.
                     fwd.target_port_id = fwd.target_server_id = fwd.target_server_name = None
+                    if cfg.router_id is not None and self.targets is not None:
+                        found = self.targets.resolve(gateway=cfg.name, address=str(target), port_id=None,
+                                                     server=None, project=principal.project)
+                        fwd.target_port_id, fwd.target_server_id = found.port_id, found.server_id
                 fwd.target_address = str(target)
             if "target_port" in changes:
                 fwd.target_port = v.check_port(changes["target_port"], "target_port", fwd.port_count)

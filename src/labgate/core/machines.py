@@ -13,6 +13,7 @@ from labgate.core.tokens import Principal
 from labgate.core.views import MachineView
 from labgate.dataplane.reconcile import Dataplane
 from labgate.db.models import AddressHealth, Forward
+from labgate.db.queries import project_gateways
 from labgate.db.session import Database
 
 
@@ -22,7 +23,14 @@ def list_machines(db: Database, dataplane: Dataplane, principal: Principal, *, n
     """(total, one page of) machines the caller may see (admins: everyone's, or `owner`'s). status: "up" (every
     address answers), "down" (one does not: a bad record), "unknown" (not probed yet)."""
     conds = [Forward.name.is_not(None)]
-    if not principal.admin:
+    scope = []  # what the caller may see at all: also limits the forwards loaded for a page's machines
+    if principal.project is not None and not principal.admin:
+        # A project-scoped token: the forwards on its project's routers (as /api/v1/forwards), not its owner's.
+        scope.append(Forward.gateway.in_(project_gateways(db, principal.project)))
+        conds += scope
+        if owner is not None:
+            conds.append(Forward.owner == owner)
+    elif not principal.admin:
         conds.append(Forward.owner == principal.owner)
     elif owner is not None:
         conds.append(Forward.owner == owner)
@@ -46,7 +54,7 @@ def list_machines(db: Database, dataplane: Dataplane, principal: Principal, *, n
         if not page:
             return total, []
         rows = list(s.scalars(select(Forward).where(tuple_(Forward.owner, Forward.name).in_(
-            [(r.owner, r.name) for r in page])).order_by(Forward.id)))
+            [(r.owner, r.name) for r in page]), *scope).order_by(Forward.id)))
         machines = {(r.owner, r.name): MachineView(r.name, None, r.owner, status=r.status) for r in page}
         for view in forward_views(s, dataplane, rows):
             entry = machines[(view.owner, view.name)]  # type: ignore[index]

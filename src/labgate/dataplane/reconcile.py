@@ -124,6 +124,9 @@ class GatewayDataplane:
         self.source = source
         self.lock = threading.RLock()
         self.needs_full = True
+        # Set when the gateway is removed (remove_gateway) or the dataplane stops: whoever still holds it (a
+        # reconcile pass, a request that found it just before) leaves its kernel alone.
+        self.closed = False
         self.syncs = 0  # successful syncs (partial or full): tells change() whether its block touched the kernel
         self.last_error: str | None = None
         self.last_full_sync_at: float | None = None
@@ -254,7 +257,7 @@ class GatewayDataplane:
         it after their commit and outside the gateway lock: `conntrack -D` walks the whole conntrack hash. A
         failure is logged, not raised: the rule change is already committed."""
         marks = sorted(set(marks))
-        if self.kernel is None or not marks:
+        if self.kernel is None or not marks or self.closed:
             return
         try:
             self.kernel.cut(marks)
@@ -384,6 +387,7 @@ class GatewayDataplane:
         return GatewayHealth(status, self.last_error, self.last_full_sync_at, self.forwards_in_kernel, problems)
 
     def close(self) -> None:
+        self.closed = True
         if self.kernel is not None:
             self.kernel.close()
 
@@ -478,8 +482,12 @@ class Dataplane:
     def change(self, name: str) -> Iterator[GatewayDataplane]:
         """Hold gateway `name`'s lock for "sync the kernel, then commit". If the block raises after the kernel was
         changed (the commit failed), the gateway is synced back to the committed state before the error goes on."""
-        gw = self.gateways[name]
+        gw = self.gateways.get(name)
+        if gw is None:
+            raise DataplaneError(f"gateway {name!r} was removed")
         with gw.lock:
+            if gw.closed:  # removed while this caller waited for its lock
+                raise DataplaneError(f"gateway {name!r} was removed")
             before = gw.syncs
             try:
                 yield gw
@@ -494,6 +502,8 @@ class Dataplane:
         if gw.kernel is None:  # no dataplane in this process (serve --no-agent): nothing to keep in sync
             gw.needs_full = False
             return True
+        if gw.closed:  # removed since this pass read the gateways: its table was dropped on purpose
+            return True
         if (self.full_interval is not None and gw.last_full_sync_at is not None
                 and time.time() - gw.last_full_sync_at >= self.full_interval):
             # The structure check cannot see one element deleted by hand; a periodic full render can.
@@ -504,6 +514,8 @@ class Dataplane:
             gw.needs_full = True
         synced = False
         with gw.lock:
+            if gw.closed:
+                return True
             if gw.needs_full:
                 try:
                     gw.sync()
@@ -512,7 +524,8 @@ class Dataplane:
                     return False
         if synced:
             gw.cut_stale()  # after a restart or a failure: sessions a lost cut left running
-        gw.check_forwarding()
+        if not gw.closed:
+            gw.check_forwarding()
         return True
 
     def reconcile_once(self) -> bool:

@@ -3,7 +3,8 @@ every call counted. openstacksdk is an optional extra (`pip install labgate[open
 when an [openstack] section exists.
 
 Listings use `fields=` (only what topology.py reads) and marker paging, so one cycle costs three listings (plus
-one call per extra page of 1,000) whatever the number of forwards, routers or addresses.
+one call per extra page of 1,000, or of the cloud's pagination_max_limit when lower) whatever the number of
+forwards, routers or addresses.
 """
 
 from __future__ import annotations
@@ -98,7 +99,11 @@ class Cloud:
             if not isinstance(items, list):
                 raise CloudError(f"network {path} answered without a {key!r} list")
             yield from items
-            if len(items) < PAGE:
+            # Neutron caps `limit` at its pagination_max_limit, so a page shorter than PAGE may not be the last: it
+            # says "next" while more may follow (and only then). Stopping early would make the rest look deleted.
+            links = body.get(f"{key}_links")
+            more = isinstance(links, list) and any(isinstance(x, dict) and x.get("rel") == "next" for x in links)
+            if not items or not (more or len(items) >= PAGE):
                 return
             marker = str(items[-1].get("id"))
 

@@ -27,7 +27,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from labgate.config import GatewayConfig, OpenStackConfig, router_gateway_name, router_netns
 from labgate.core import cloud as core_cloud
 from labgate.core.cloud import CloudChange, Resolved
-from labgate.core.errors import InvalidInput
+from labgate.core.errors import DataplaneUnavailable, InvalidInput
 from labgate.core.forwards import ForwardService
 from labgate.dataplane.reconcile import Dataplane
 from labgate.db import queries
@@ -120,6 +120,7 @@ class OpenStackMonitor:
             report = CycleReport(started_at=_now())
             started = time.perf_counter()
             calls_before = self.cloud.calls
+            looked_at = datetime.now(timezone.utc)  # forwards made or changed after this are the next look's
             try:
                 snap = self.cloud.snapshot()
             except CloudError as exc:
@@ -135,7 +136,7 @@ class OpenStackMonitor:
             report.routers, report.ports = len(snap.routers), len(snap.ports)
             self.snapshot = snap
             try:
-                self._apply(snap, report)
+                self._apply(snap, report, looked_at)
             except Exception as exc:  # noqa: BLE001 - reported, retried next cycle
                 report.error = f"applying the cloud's changes: {exc}"
                 log.exception("event=openstack_apply_failed")
@@ -159,7 +160,7 @@ class OpenStackMonitor:
             report.changes[what] = report.changes.get(what, 0) + n
             CHANGES.labels(what).inc(n)
 
-    def _apply(self, snap: Snapshot, report: CycleReport) -> None:
+    def _apply(self, snap: Snapshot, report: CycleReport, looked_at: datetime | None = None) -> None:
         subnets = snap.router_subnets()
         subnet_router = snap.router_of_subnet()
         known = {row.router_id: row for row in queries.cloud_routers(self.db)}
@@ -213,21 +214,24 @@ class OpenStackMonitor:
         changes: dict[str, CloudChange] = {}
         for fwd in queries.cloud_forwards(self.db, list(served)):
             router_id = served[fwd.gateway]
-            change = changes.setdefault(fwd.gateway, CloudChange())
+            change = changes.setdefault(fwd.gateway, CloudChange(looked_at=looked_at))
             if fwd.target_port_id is None:
                 port = by_address.get((router_id, ipaddress.IPv4Address(fwd.target_address)))
                 if port is not None:
                     change.bind[fwd.id] = (port.id, port.device_id or None)
                 continue
             port = snap.ports.get(fwd.target_port_id)
-            if port is None or not port.attached:
+            # Detached counts only for a port that had a VM: a port no VM ever held (a VIP, one made before its VM)
+            # is followed like any other.
+            if port is None or (not port.attached and fwd.target_server_id is not None):
                 reason = "target port deleted" if port is None else "target VM deleted (the port's device_id cleared)"
                 (change.orphan if self.cfg.on_target_deleted == "orphan" else change.remove)[fwd.id] = reason
                 continue
             ip = snap.port_behind(port, router_id, subnet_router)
             if ip is None:
-                reason = "target port no longer on a network behind the router"
-                (change.orphan if self.cfg.on_target_deleted == "orphan" else change.remove)[fwd.id] = reason
+                # The port (and its VM) are still there: as for a router that goes, its forwards are kept, orphaned
+                # (the interface may come back; the user's forward is never deleted for the cloud's rewiring).
+                change.orphan[fwd.id] = "target port no longer on a network behind the router"
                 continue
             if str(ip) != fwd.target_address:
                 change.retarget[fwd.id] = str(ip)
@@ -272,7 +276,10 @@ class OpenStackMonitor:
             if server is not None:
                 server_id, server_name = server, None
                 if not _looks_like_uuid(server):
-                    found = self.cloud.server_by_name(server)
+                    try:
+                        found = self.cloud.server_by_name(server)
+                    except CloudError as exc:  # no Nova, or the name is ambiguous: the request's to fix
+                        raise InvalidInput(str(exc), field="target_server") from None
                     if found is None:
                         raise InvalidInput(f"no server is called {server!r}", field="target_server")
                     server_id, server_name = found
@@ -295,7 +302,6 @@ class OpenStackMonitor:
                                        field="gateway")
                 return candidates[0]
         except CloudError as exc:
-            from labgate.core.errors import DataplaneUnavailable  # noqa: PLC0415
             raise DataplaneUnavailable(f"the cloud cannot be read now: {exc}") from None
         # An address on a router gateway: bound to the port holding it (from the last look; no API call).
         assert gateway is not None and address is not None
@@ -333,7 +339,9 @@ class OpenStackMonitor:
                     return Resolved(gateway=name, address=str(ip), port_id=port.id,
                                     server_id=port.device_id or None, server_name=server_name)
             if attempt == 0:
-                self.cycle()  # a port on a subnet the last look did not know yet: look again, once
+                report = self.cycle()  # a port on a subnet the last look did not know yet: look again, once
+                if self.snapshot is snap:  # that look failed: nothing is known about the port's subnet
+                    raise DataplaneUnavailable(f"the cloud cannot be read now: {report.error}")
         where = f"gateway {gateway!r}" if gateway else "a router labgate serves"
         raise InvalidInput(f"port {port.id} has no fixed IP on a network behind {where}", field=what)
 

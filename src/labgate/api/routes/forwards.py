@@ -36,7 +36,7 @@ def list_forwards(
     target_port: Annotated[int | None, Query(ge=1, le=65535)] = None,
     external_port: Annotated[int | None, Query(ge=1, le=65535)] = None,
     protocol: Literal["tcp", "udp"] | None = None,
-    gateway: Annotated[str | None, Query(max_length=32)] = None,
+    gateway: Annotated[str | None, Query(max_length=255)] = None,
     owner: Annotated[str | None, Query(max_length=64, description="admins only")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
