@@ -232,7 +232,7 @@ BAD_QUERIES = [
     ("protocol", "icmp"), ("protocol", "TCP"),
     ("target_port", "0"), ("target_port", "65536"), ("target_port", "ssh"),
     ("external_port", "0"), ("external_port", "70000"), ("external_port", "4000-4010"),
-    ("name", "n" * 64), ("kind", "k" * 33), ("gateway", "g" * 33), ("target_address", "a" * 65),
+    ("name", "n" * 64), ("kind", "k" * 33), ("gateway", "g" * 256), ("target_address", "a" * 65),
 ]
 
 
