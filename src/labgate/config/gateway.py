@@ -31,6 +31,18 @@ def parse_port_range(text: str) -> tuple[int, int]:
     return low, high
 
 
+def port_ranges(value: Any, what: str = "port ranges") -> list[str]:
+    """'4000-4100' or a list of such, checked (at least one, none overlapping) and sorted as 'LOW-HIGH' text."""
+    ranges = [value] if isinstance(value, str) else value
+    if not ranges:
+        raise ValueError(f"{what}: at least one port range is needed")
+    parsed = sorted(parse_port_range(r) for r in ranges)
+    for (_, high), (low, _) in zip(parsed, parsed[1:]):
+        if low <= high:
+            raise ValueError(f"{what}: port ranges overlap")
+    return [f"{lo}-{hi}" for lo, hi in parsed]
+
+
 class GatewayConfig(BaseModel):
     """One place where forwards live: a network namespace and its external address."""
 
@@ -96,19 +108,8 @@ class GatewayConfig(BaseModel):
 
     @field_validator("port_range", mode="before")
     @classmethod
-    def _ranges_list(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-    @field_validator("port_range")
-    @classmethod
-    def _ranges(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("at least one port range is needed")
-        parsed = sorted(parse_port_range(r) for r in v)
-        for (_, high), (low, _) in zip(parsed, parsed[1:]):
-            if low <= high:
-                raise ValueError("port ranges overlap")
-        return [f"{lo}-{hi}" for lo, hi in parsed]
+    def _ranges(cls, v: Any) -> list[str]:
+        return port_ranges(v, "port_range")
 
     @field_validator("target_networks")
     @classmethod

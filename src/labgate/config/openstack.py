@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from labgate.config.gateway import parse_port_range
+from labgate.config.gateway import port_ranges
 
 # A clouds.yaml entry name: what openstacksdk looks up; nothing a path or a shell could misread.
 CLOUD_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -45,19 +45,8 @@ class OpenStackConfig(BaseModel):
 
     @field_validator("router_port_range", mode="before")
     @classmethod
-    def _ranges_list(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-    @field_validator("router_port_range")
-    @classmethod
-    def _ranges(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("openstack.router_port_range needs at least one range")
-        parsed = sorted(parse_port_range(r) for r in v)
-        for (_, high), (low, _) in zip(parsed, parsed[1:]):
-            if low <= high:
-                raise ValueError("openstack.router_port_range: ranges overlap")
-        return [f"{lo}-{hi}" for lo, hi in parsed]
+    def _ranges(cls, v: Any) -> list[str]:
+        return port_ranges(v, "openstack.router_port_range")
 
     @field_validator("projects")
     @classmethod

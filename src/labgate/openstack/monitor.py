@@ -18,6 +18,7 @@ import ipaddress
 import logging
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -347,8 +348,6 @@ class OpenStackMonitor:
 
 
 def _looks_like_uuid(text: str) -> bool:
-    import uuid  # noqa: PLC0415
-
     try:
         uuid.UUID(text)
         return True

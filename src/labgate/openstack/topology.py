@@ -136,33 +136,30 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def parse_router(r: Mapping[str, Any]) -> Router:
-    info = r.get("external_gateway_info") or {}
-    external = None
-    for fip in info.get("external_fixed_ips") or []:
+def _ipv4_fixed_ips(entries: Any) -> list[tuple[str, ipaddress.IPv4Address]]:
+    """(subnet id, address) of the IPv4 entries of a fixed_ips-like list; unreadable ones left out."""
+    out = []
+    for fip in entries or []:
         try:
             addr = ipaddress.ip_address(fip.get("ip_address", ""))
         except ValueError:
             continue
         if addr.version == 4:
-            external = addr
-            break
+            out.append((_text(fip.get("subnet_id")), addr))
+    return out
+
+
+def parse_router(r: Mapping[str, Any]) -> Router:
+    external = _ipv4_fixed_ips((r.get("external_gateway_info") or {}).get("external_fixed_ips"))
     return Router(id=str(_req(r, "id", "router")), name=_text(r.get("name")), project_id=_text(r.get("project_id")),
-                  external_address=external, revision=int(r.get("revision_number") or 0))
+                  external_address=external[0][1] if external else None,
+                  revision=int(r.get("revision_number") or 0))
 
 
 def parse_port(p: Mapping[str, Any]) -> Port:
-    fixed = []
-    for fip in p.get("fixed_ips") or []:
-        try:
-            addr = ipaddress.ip_address(fip.get("ip_address", ""))
-        except ValueError:
-            continue
-        if addr.version == 4:
-            fixed.append((_text(fip.get("subnet_id")), addr))
     return Port(id=str(_req(p, "id", "port")), name=_text(p.get("name")), device_id=_text(p.get("device_id")),
                 device_owner=_text(p.get("device_owner")), network_id=_text(p.get("network_id")),
-                project_id=_text(p.get("project_id")), fixed_ips=tuple(fixed),
+                project_id=_text(p.get("project_id")), fixed_ips=tuple(_ipv4_fixed_ips(p.get("fixed_ips"))),
                 revision=int(p.get("revision_number") or 0))
 
 
