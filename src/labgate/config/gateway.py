@@ -126,10 +126,6 @@ class GatewayConfig(BaseModel):
         return self
 
     @property
-    def is_router(self) -> bool:
-        return self.router_id is not None
-
-    @property
     def ranges(self) -> list[tuple[int, int]]:
         return [parse_port_range(r) for r in self.port_range]
 
