@@ -144,7 +144,7 @@ def test_a_restart_after_the_router_went_away(neutron, tmp_path) -> None:
 
 def test_a_router_that_loses_its_external_gateway_then_gets_it_back(neutron, tmp_path) -> None:
     """The namespace stays (the router does): labgate's table leaves it, the forwards are orphaned; the gateway set
-    again serves the router again, its orphaned forwards staying orphaned (no rules) until an admin deletes them."""
+    again serves the router again, and the forwards its loss orphaned are live again on their old ports."""
     a = neutron.project_topology(cidr="10.55.0.0/24", name="gwless")
     port = neutron.vm_port(a, "10.55.0.5")
     gw = router_gateway_name(a.router.id)
@@ -160,13 +160,11 @@ def test_a_router_that_loses_its_external_gateway_then_gets_it_back(neutron, tmp
         assert (got["status"], got["orphaned_reason"]) == ("orphaned", "router lost its external gateway")
 
         neutron.admin().network.update_router(a.router.id, external_gateway_info={"network_id": ext.network.id})
-        assert cycle(srv).changes == {"router_added": 1}
+        assert cycle(srv).changes == {"router_added": 1, "forward_restored": 1}
         srv.labgate.dataplane.reconcile_once()
-        assert kernel_targets(srv, gw) == set()
-        assert api.get(f"/api/v1/forwards/{fwd['id']}").json()["status"] == "orphaned"
-        assert api.delete(f"/api/v1/forwards/{fwd['id']}").status_code == 204
-        again = api.post("/api/v1/forwards", json={"target_port_id": port.id, "target_port": 22})
-        assert again.status_code == 201, again.text
+        got = api.get(f"/api/v1/forwards/{fwd['id']}").json()
+        assert got["status"] == "active" and got["orphaned_reason"] is None
+        assert kernel_targets(srv, gw) == {f"{got['external_address']} . tcp . {fwd['external_port']} : 10.55.0.5 . 22"}
 
 
 def test_a_router_that_loses_the_interface_to_a_vm_orphans_its_forwards(neutron, tmp_path) -> None:

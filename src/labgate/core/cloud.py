@@ -88,25 +88,44 @@ def save_router(db: "Database", cfg: GatewayConfig, revision: int) -> None:
         s.commit()
 
 
+# Why a router's forwards were orphaned: when the router comes back (the same id, served again), these and only
+# these are restored; a forward orphaned for its own port stays orphaned.
+ROUTER_DELETED = "router deleted"
+ROUTER_UNPLUGGED = "router lost its external gateway"
+ROUTER_REASONS = (ROUTER_DELETED, ROUTER_UNPLUGGED)
+
+
 def router_gone(svc: "ForwardService", gateway: str, reason: str) -> int:
     """The router of `gateway` was deleted (or lost its external gateway): remember it as gone and orphan its
-    forwards (their ports stay reserved until an admin deletes them). Their sessions are cut while the namespace
-    is still there. Returns how many forwards were orphaned."""
+    forwards (their ports stay reserved until an admin deletes them, or the router comes back: `router_back`).
+
+    The commit happens under the gateway's lock, which then marks it retiring: a create that found the gateway
+    before is refused (503, nothing changed) instead of committing a live forward on a router that is gone. Their
+    sessions are cut while the namespace is still there; the caller then removes the gateway. Returns how many
+    forwards were orphaned."""
+    assert reason in ROUTER_REASONS, reason
     now = datetime.now(timezone.utc)
     events: list[Event] = []
+    gwdp = svc.dataplane.get(gateway)
     with svc.db.writer() as s:
         row = s.get(CloudRouter, gateway)
         if row is not None:
             row.gone_at = now
-        fwds = list(s.scalars(select(Forward).where(Forward.gateway == gateway, Forward.orphaned_at.is_(None))))
+        fwds = list(s.scalars(select(Forward).where(Forward.gateway == gateway, Forward.orphaned_at.is_(None))
+                              .with_for_update()))
         live = [f.id for f in fwds if f.enabled]
         for fwd in fwds:
             before = audit.forward_snapshot(fwd)
-            fwd.orphaned_at, fwd.orphaned_reason = now, reason[:255]
+            fwd.orphaned_at, fwd.orphaned_reason = now, reason
             events.append(audit.record(s, SYSTEM, "forward.orphan", fwd.id, before=before,
                                        after=audit.forward_snapshot(fwd)))
-        s.commit()
-    gwdp = svc.dataplane.get(gateway)
+        s.flush()
+        if gwdp is None:
+            s.commit()
+        else:
+            with gwdp.lock:  # the order every writer takes: database first, then the gateway
+                s.commit()
+                gwdp.retiring = True
     if gwdp is not None:
         gwdp.cut(live)
     for fwd in fwds:
@@ -115,6 +134,30 @@ def router_gone(svc: "ForwardService", gateway: str, reason: str) -> int:
         svc.publisher.publish(event)
     if fwds:
         log.warning("event=forwards_orphaned gateway=%s count=%d reason=%r", gateway, len(fwds), reason)
+    return len(fwds)
+
+
+def router_back(svc: "ForwardService", gateway: str) -> int:
+    """A router that was gone is served again (the same id: its deletion was not one, or its external gateway came
+    back): the forwards orphaned for the router's sake are live again, on the ports they kept. Call before the
+    gateway is put back in the dataplane, so that its first sync has them. Returns how many were restored."""
+    events: list[Event] = []
+    with svc.db.writer() as s:
+        fwds = list(s.scalars(select(Forward).where(Forward.gateway == gateway,
+                                                    Forward.orphaned_reason.in_(ROUTER_REASONS))
+                              .order_by(Forward.id).with_for_update()))
+        for fwd in fwds:
+            before = audit.forward_snapshot(fwd)
+            fwd.orphaned_at, fwd.orphaned_reason = None, None
+            events.append(audit.record(s, SYSTEM, "forward.restore", fwd.id, before=before,
+                                       after=audit.forward_snapshot(fwd)))
+        s.commit()
+    for fwd in fwds:
+        svc._publish("restored", fwd, reason="router back")
+    for event in events:
+        svc.publisher.publish(event)
+    if fwds:
+        log.warning("event=forwards_restored gateway=%s count=%d", gateway, len(fwds))
     return len(fwds)
 
 

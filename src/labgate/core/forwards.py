@@ -135,7 +135,8 @@ class ForwardService:
         """A gateway by name, or (OpenStack) by its router's id or name (with `project`, a project-scoped caller's:
         among that project's routers only); with no name, the only gateway there is. InvalidInput when there is
         none or several."""
-        gateways = self.dataplane.gateways
+        # A gateway being taken out of service (its router went) is already gone for callers.
+        gateways = {n: g for n, g in self.dataplane.gateways.items() if not g.retiring}
         if name is None:
             if len(gateways) != 1:
                 raise InvalidInput("several gateways exist: name one with 'gateway'" if gateways else

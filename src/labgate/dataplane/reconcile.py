@@ -127,6 +127,9 @@ class GatewayDataplane:
         # Set when the gateway is removed (remove_gateway) or the dataplane stops: whoever still holds it (a
         # reconcile pass, a request that found it just before) leaves its kernel alone.
         self.closed = False
+        # Set (under `lock`) when the gateway is being taken out of service (its router went): no change may start
+        # on it any more, while its kernel is still there to cut sessions and drop its table.
+        self.retiring = False
         self.syncs = 0  # successful syncs (partial or full): tells change() whether its block touched the kernel
         self.last_error: str | None = None
         self.last_full_sync_at: float | None = None
@@ -486,7 +489,7 @@ class Dataplane:
         if gw is None:
             raise DataplaneError(f"gateway {name!r} was removed")
         with gw.lock:
-            if gw.closed:  # removed while this caller waited for its lock
+            if gw.closed or gw.retiring:  # removed (or being removed) while this caller waited for its lock
                 raise DataplaneError(f"gateway {name!r} was removed")
             before = gw.syncs
             try:

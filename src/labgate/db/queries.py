@@ -176,3 +176,11 @@ def project_gateways(db: Database, project_id: str) -> list[str]:
     """The router gateways (current or gone) of one project."""
     with db.reader() as s:
         return list(s.scalars(select(CloudRouter.gateway).where(CloudRouter.project_id == project_id)))
+
+
+def followed_ports(db: Database, before: datetime) -> set[str]:
+    """The Neutron ports that live forwards (not orphaned) last changed before `before` follow."""
+    with db.reader() as s:
+        return set(s.scalars(select(Forward.target_port_id).where(Forward.target_port_id.is_not(None),
+                                                                  Forward.orphaned_at.is_(None),
+                                                                  Forward.updated_at < before).distinct()))

@@ -16,7 +16,8 @@ from typing import Any, Iterable, Iterator
 from prometheus_client import Counter
 
 from labgate.config.openstack import OpenStackConfig
-from labgate.openstack.topology import PORT_FIELDS, ROUTER_FIELDS, SUBNET_FIELDS, Port, Snapshot, parse_port
+from labgate.openstack.topology import (PORT_FIELDS, ROUTER_FIELDS, ROUTER_INTERFACE_OWNERS, SUBNET_FIELDS, Port,
+                                        Snapshot, parse_port)
 
 log = logging.getLogger("labgate.openstack")
 
@@ -109,11 +110,13 @@ class Cloud:
 
     # --- what the monitor and the forward commands read ---------------------------------------------------------
     def snapshot(self) -> Snapshot:
-        """One look: routers, ports and subnets (of the selected projects), three listings."""
+        """One look: routers (of the selected projects), ports and subnets, three listings. `projects` selects
+        routers only: a router's networks may be shared ones another project owns, and VMs of other projects may sit
+        on them; filtering those out would make their forwards look deleted."""
         projects = [("project_id", p) for p in self.cfg.projects]
         routers = list(self._list("/routers", "routers", ROUTER_FIELDS, projects))
-        ports = list(self._list("/ports", "ports", PORT_FIELDS, projects))
-        subnets = list(self._list("/subnets", "subnets", SUBNET_FIELDS, projects))
+        ports = list(self._list("/ports", "ports", PORT_FIELDS))
+        subnets = list(self._list("/subnets", "subnets", SUBNET_FIELDS))
         try:
             return Snapshot.parse(routers, ports, subnets)
         except ValueError as exc:
@@ -123,14 +126,34 @@ class Cloud:
         body = self._get("network", f"/ports/{port_id}", [("fields", f) for f in PORT_FIELDS])
         return parse_port(body["port"]) if body.get("port") else None
 
+    def existing_ports(self, port_ids: Iterable[str]) -> set[str]:
+        """Which of these ports exist: a check of the ports a listing left out before their forwards go (one call
+        per 100 ids, and only for ports that look deleted)."""
+        ids = sorted(set(port_ids))
+        found: set[str] = set()
+        for i in range(0, len(ids), 100):
+            chunk = [("id", pid) for pid in ids[i:i + 100]]
+            found.update(str(p.get("id")) for p in self._list("/ports", "ports", ("id",), chunk))
+        return found & set(ids)
+
+    def routed(self, subnet_ids: Iterable[str]) -> bool:
+        """Whether a router has an interface on any of these subnets (one small call): a create naming a port
+        behind no router is answered without a whole look at the cloud."""
+        filters = ([("device_owner", o) for o in sorted(ROUTER_INTERFACE_OWNERS)]
+                   + [("fixed_ips", f"subnet_id={sid}") for sid in sorted(set(subnet_ids))])
+        return any(True for _ in self._list("/ports", "ports", ("id",), filters))
+
     def server_ports(self, server_id: str) -> list[Port]:
         return [parse_port(p) for p in self._list("/ports", "ports", PORT_FIELDS, [("device_id", server_id)])]
 
-    def server_by_name(self, name: str) -> tuple[str, str] | None:
-        """(id, name) of the one server called `name` (Nova); CloudError when there is no compute service or the
-        name is ambiguous."""
+    def server_by_name(self, name: str, project: str | None = None) -> tuple[str, str] | None:
+        """(id, name) of the one server called `name` (Nova; with `project`, among that project's servers only);
+        CloudError when there is no compute service or the name is ambiguous."""
+        query: dict[str, Any] = {"name": f"^{_regex_quote(name)}$", "all_projects": True}
+        if project is not None:
+            query["project_id"] = project
         try:
-            servers = list(self.conn.compute.servers(name=f"^{_regex_quote(name)}$", all_projects=True))
+            servers = list(self.conn.compute.servers(**query))
         except Exception as exc:  # noqa: BLE001
             raise CloudError(f"cannot look up server {name!r} (Nova): {exc}; give the server's id instead") from None
         finally:

@@ -78,6 +78,7 @@ class OpenStackMonitor:
         self.last = CycleReport()
         self.last_success: CycleReport | None = None
         self.failures = 0
+        self._held_loss = False  # the last look listed none of the served routers: held, waiting for a second
         self._cycle_lock = threading.Lock()
         self._loop = Periodic("openstack", self._next_wait, self.cycle, logger=log,
                               failure_event="openstack_cycle_crashed")
@@ -124,6 +125,7 @@ class OpenStackMonitor:
             looked_at = datetime.now(timezone.utc)  # forwards made or changed after this are the next look's
             try:
                 snap = self.cloud.snapshot()
+                self._check_look(snap, looked_at)
             except CloudError as exc:
                 report.error = str(exc)
                 report.api_calls = self.cloud.calls - calls_before
@@ -156,6 +158,32 @@ class OpenStackMonitor:
                          report.seconds, report.api_calls)
             return report
 
+    def _check_look(self, snap: Snapshot, looked_at: datetime) -> None:
+        """Refuse (CloudError: nothing is touched) a look that would lose what it cannot be trusted to lose:
+
+        - ports that forwards follow, missing from the listing while a lookup by id finds them (a listing cut
+          short): deleting their forwards could not be undone;
+        - all of several routers labgate serves, gone at once (credentials that lost the admin role, a wrong project
+          filter, a cloud answering empty): held for one more look, and applied only if that one agrees. Their
+          forwards would be orphaned, which a router's return undoes, but their traffic stops meanwhile. (One router
+          deleted goes at once, even when it is the only one.)"""
+        followed = queries.followed_ports(self.db, looked_at)  # newer forwards are the next look's
+        missing = {pid for pid in followed if pid not in snap.ports}
+        if missing:
+            there = self.cloud.existing_ports(missing)
+            if there:
+                raise CloudError(f"the port listing left out {len(there)} port(s) that exist (e.g. "
+                                 f"{sorted(there)[0]}); nothing changed")
+        served = {row.router_id for row in queries.cloud_routers(self.db) if row.gone_at is None}
+        listed = {r.id for r in snap.routers.values() if r.external_address is not None}
+        if len(served) > 1 and not (served & listed):
+            if not self._held_loss:
+                self._held_loss = True
+                raise CloudError(f"the cloud listed none of the {len(served)} routers labgate serves (lost "
+                                 "permissions, or a wrong project filter?): held until the next look agrees")
+            log.warning("event=all_routers_gone routers=%d (a second look agrees)", len(served))
+        self._held_loss = False
+
     def _count(self, report: CycleReport, what: str, n: int = 1) -> None:
         if n:
             report.changes[what] = report.changes.get(what, 0) + n
@@ -184,18 +212,22 @@ class OpenStackMonitor:
                                [str(s.cidr) for s in subnets.get(router.id, [])])
             row = known.get(router.id)
             if row is None or row.gone_at is not None or self._row_differs(row, cfg):
+                back = row is not None and row.gone_at is not None
                 core_cloud.save_router(self.db, cfg, router.revision)
-                self._count(report, "router_added" if row is None or row.gone_at is not None else "router_changed")
-                self._event("router_added" if row is None or row.gone_at is not None else "router_changed",
+                # Before the gateway is served again, so that its first sync has them.
+                restored = core_cloud.router_back(self.forwards, cfg.name) if back else 0
+                self._count(report, "forward_restored", restored)
+                self._count(report, "router_added" if row is None or back else "router_changed")
+                self._event("router_added" if row is None or back else "router_changed",
                             gateway=cfg.name, router_id=router.id, router_name=router.name,
                             project_id=router.project_id, external_address=cfg.external_address,
-                            target_networks=",".join(cfg.target_networks))
+                            target_networks=",".join(cfg.target_networks), forwards_restored=restored)
             if self.dataplane.get(cfg.name) is None or self.dataplane.get(cfg.name).cfg != cfg:  # type: ignore
                 self.dataplane.put_gateway(cfg)
         for router_id, row in known.items():
             if row.gone_at is None and router_id not in wanted:
-                reason = ("router deleted" if router_id not in snap.routers
-                          else "router lost its external gateway")
+                reason = (core_cloud.ROUTER_DELETED if router_id not in snap.routers
+                          else core_cloud.ROUTER_UNPLUGGED)
                 orphaned = core_cloud.router_gone(self.forwards, row.gateway, reason)
                 self.dataplane.remove_gateway(row.gateway)
                 self._count(report, "router_removed")
@@ -206,11 +238,13 @@ class OpenStackMonitor:
 
         # Forwards on router gateways: follow their port, or get bound to one.
         served = {router_gateway_name(rid): rid for rid in wanted}
+        # An address-only forward is bound to the port holding the address only if that port is the router's
+        # project's: a VM of another project on a shared network is not this project's to follow.
         by_address: dict[tuple[str, ipaddress.IPv4Address], Port] = {}
         for port in snap.vm_ports():
             for subnet_id, ip in port.fixed_ips:
                 rid = subnet_router.get(subnet_id)
-                if rid is not None:
+                if rid is not None and rid in wanted and port.project_id == wanted[rid].project_id:
                     by_address.setdefault((rid, ip), port)
         changes: dict[str, CloudChange] = {}
         for fwd in queries.cloud_forwards(self.db, list(served)):
@@ -278,7 +312,7 @@ class OpenStackMonitor:
                 server_id, server_name = server, None
                 if not _looks_like_uuid(server):
                     try:
-                        found = self.cloud.server_by_name(server)
+                        found = self.cloud.server_by_name(server, project)
                     except CloudError as exc:  # no Nova, or the name is ambiguous: the request's to fix
                         raise InvalidInput(str(exc), field="target_server") from None
                     if found is None:
@@ -308,7 +342,11 @@ class OpenStackMonitor:
         assert gateway is not None and address is not None
         gw = self.dataplane.get(gateway)
         snap = self.snapshot
-        if gw is None or gw.cfg.router_id is None or snap is None:
+        if gw is None or gw.cfg.router_id is None:
+            return Resolved(gateway=gateway, address=address)
+        if snap is None:
+            if project is not None:  # whose port holds the address is not known yet: a project token must wait
+                raise DataplaneUnavailable("the cloud has not been read yet (whose address this is is not known)")
             return Resolved(gateway=gateway, address=address)
         subnet_router = snap.router_of_subnet()
         try:
@@ -340,6 +378,8 @@ class OpenStackMonitor:
                     return Resolved(gateway=name, address=str(ip), port_id=port.id,
                                     server_id=port.device_id or None, server_name=server_name)
             if attempt == 0:
+                if not self.cloud.routed(sid for sid, _ip in port.fixed_ips):
+                    break  # behind no router at all: not worth a whole look (one per such request)
                 report = self.cycle()  # a port on a subnet the last look did not know yet: look again, once
                 if self.snapshot is snap:  # that look failed: nothing is known about the port's subnet
                     raise DataplaneUnavailable(f"the cloud cannot be read now: {report.error}")

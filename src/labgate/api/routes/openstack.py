@@ -16,4 +16,12 @@ def openstack_status(lg: LabgateDep, who: ReaderDep) -> dict:
     made, changes applied, error. A cloud that fails is retried with backoff (`consecutive_failures`)."""
     if lg.openstack is None:
         return {"configured": False}
-    return {"configured": True, **lg.openstack.status()}
+    status = lg.openstack.status()
+    if who.project is not None:
+        # A project's token learns how the monitor fares, not the other projects labgate serves or the cloud's
+        # own words (endpoints, other projects' port ids).
+        status["projects"] = [who.project] if status["projects"] else []
+        for key in ("last_cycle", "last_successful_cycle"):
+            if status.get(key) and status[key].get("error"):
+                status[key]["error"] = "the cloud could not be read (an admin token shows why)"
+    return {"configured": True, **status}
