@@ -211,3 +211,19 @@ def test_a_project_token_sees_the_monitor_but_not_the_cloud_s_words(neutron, tmp
         full = api.get("/api/v1/openstack").json()
         assert "10.9.9.9" in full["last_cycle"]["error"]
         tenant.close()
+
+
+def test_a_server_name_nova_cannot_answer_now_is_a_503_not_a_fix_your_request(neutron, tmp_path) -> None:
+    a = neutron.project_topology(cidr="10.67.0.0/24", name="nova")
+    with labgate(neutron, tmp_path, [a.project_id]) as srv, admin(srv) as api:
+        # No compute service in the catalog: the request's to fix (give the id), 422.
+        r = api.post("/api/v1/forwards", json={"target_server": "web-1", "target_port": 22})
+        assert r.status_code == 422 and "give the server's id" in r.json()["error"]["message"], r.text
+    clouds = tmp_path / "clouds-nova.yaml"
+    clouds.write_text(neutron.clouds_yaml.read_text() + "    compute_endpoint_override: http://127.0.0.1:9/\n")
+    neutron_down = type("N", (), {"cloud": neutron.cloud, "clouds_yaml": clouds})
+    (tmp_path / "2").mkdir()
+    with labgate(neutron_down, tmp_path / "2", [a.project_id], api_timeout=5) as srv, admin(srv) as api:
+        # Nova is there but does not answer: the cloud's to fix, 503 (try again), not 422.
+        r = api.post("/api/v1/forwards", json={"target_server": "web-1", "target_port": 22})
+        assert r.status_code == 503 and "Nova does not answer" in r.json()["error"]["message"], r.text

@@ -29,6 +29,11 @@ class CloudError(RuntimeError):
     """The cloud could not be read (unreachable, an error answer, an unreadable answer); str() says why."""
 
 
+class NameNotUsable(CloudError):
+    """A server name cannot be resolved as asked (no compute service, or several servers have it): the request's to
+    fix (give the id), unlike a cloud that does not answer now."""
+
+
 def connect(cfg: OpenStackConfig) -> Any:
     """An openstacksdk Connection to `cfg.cloud` (clouds.yaml), or CloudError saying what is missing."""
     try:
@@ -155,15 +160,27 @@ class Cloud:
         try:
             servers = list(self.conn.compute.servers(**query))
         except Exception as exc:  # noqa: BLE001
-            raise CloudError(f"cannot look up server {name!r} (Nova): {exc}; give the server's id instead") from None
+            if _unreachable(exc):
+                raise CloudError(f"cannot look up server {name!r}: Nova does not answer ({type(exc).__name__})") \
+                    from None
+            raise NameNotUsable(f"cannot look up server {name!r} (Nova): {exc}; give the server's id instead") \
+                from None
         finally:
             with self._lock:
                 self.calls += 1
         if not servers:
             return None
         if len(servers) > 1:
-            raise CloudError(f"{len(servers)} servers are called {name!r}: give the server's id instead")
+            raise NameNotUsable(f"{len(servers)} servers are called {name!r}: give the server's id instead")
         return str(servers[0].id), str(servers[0].name)
+
+
+def _unreachable(exc: Exception) -> bool:
+    """A connection failure or timeout (keystoneauth's; a version discovery that got no answer), as opposed to an
+    answer (an error, no such service in the catalog)."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    return bool(names & {"ConnectFailure", "ConnectTimeout", "ConnectionError", "Timeout", "RetriableConnectionFailure",
+                         "DiscoveryFailure", "SSLError"})
 
 
 def _regex_quote(text: str) -> str:

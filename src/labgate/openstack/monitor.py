@@ -34,7 +34,7 @@ from labgate.dataplane.reconcile import Dataplane
 from labgate.db import queries
 from labgate.db.session import Database
 from labgate.events import Event, Publisher
-from labgate.openstack.cloud import Cloud, CloudError
+from labgate.openstack.cloud import Cloud, CloudError, NameNotUsable
 from labgate.openstack.topology import Port, Router, Snapshot
 from labgate.periodic import Periodic
 
@@ -313,7 +313,7 @@ class OpenStackMonitor:
                 if not _looks_like_uuid(server):
                     try:
                         found = self.cloud.server_by_name(server, project)
-                    except CloudError as exc:  # no Nova, or the name is ambiguous: the request's to fix
+                    except NameNotUsable as exc:  # no Nova, or the name is ambiguous: the request's to fix
                         raise InvalidInput(str(exc), field="target_server") from None
                     if found is None:
                         raise InvalidInput(f"no server is called {server!r}", field="target_server")
