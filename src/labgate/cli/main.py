@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -35,9 +36,24 @@ def _register_client_commands() -> None:
 
 _register_client_commands()
 
+
+def _register_install_commands() -> None:
+    from labgate.cli.install import install, uninstall  # `labgate install`: the system user, config and units
+
+    app.command("install")(install)
+    app.command("uninstall")(uninstall)
+
+
+_register_install_commands()
+
 ConfigOpt = server.ConfigOpt
 _settings = server.settings
 _database = server.database
+
+
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
 
 
 @app.command()
@@ -47,6 +63,9 @@ def serve(
     no_agent: Annotated[bool, typer.Option("--no-agent", help="API only: do not touch the kernel")] = False,
     insecure: Annotated[bool, typer.Option("--insecure", help="allow plain HTTP on an address other than "
                                            "loopback (tokens then cross the network in clear)")] = False,
+    log_format: Annotated[Optional[LogFormat], typer.Option(
+        "--log-format", help="log lines as key=value text or as JSON objects (overrides [server] log_format)")]
+    = None,
 ) -> None:
     """Run the API and the dataplane (one process). SIGHUP re-reads the TLS certificate and key."""
     import signal
@@ -64,7 +83,9 @@ def serve(
         settings.server.dataplane = "none"
     if insecure:
         settings.server.insecure_http = True
-    setup_logging(settings.server.log_level)
+    if log_format is not None:
+        settings.server.log_format = log_format.value
+    setup_logging(settings.server.log_level, settings.server.log_format)
     try:
         host, port = settings.server.host_port
     except ValueError:
@@ -95,8 +116,10 @@ def serve(
     server.private_data_dir(settings.server)
     lg = Labgate(settings)
     _first_token_hint(lg, config)
+    # JSON logs: uvicorn's own records (start, stop, errors) go to our handler too, not to its text formatter.
+    own_logging = {"log_config": None} if settings.server.log_format == "json" else {}
     http = make_server(create_app(lg), settings.server, host=host, port=port, log_level=settings.server.log_level,
-                       tls=tls)
+                       tls=tls, **own_logging)
     if http.config.tls is not None:
         signal.signal(signal.SIGHUP, lambda _sig, _frame: http.reload_tls())
     try:
@@ -141,13 +164,114 @@ def _first_token_hint(lg, config: Path | None) -> None:
                f"then: labgate login --url {lg.settings.server.scheme}://{lg.settings.server.listen}", err=True)
 
 
+def _db_fail(message: str, hint: str | None = None, code: int = 1) -> typer.Exit:
+    """One error line on stderr (and a hint line when there is one); the Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    if hint:
+        typer.echo(f"hint: {hint}", err=True)
+    return typer.Exit(code)
+
+
+def _sqlite_file(settings, command: str) -> str:
+    """The configured SQLite database file; for any other database, exit with the one line that says what to use."""
+    from sqlalchemy.engine import make_url
+
+    from labgate.config import database_display
+    from labgate.db.session import sqlite_file
+
+    url = settings.server.database
+    path = sqlite_file(url)
+    if path is not None:
+        return path
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        # pg_dump's own URL: no SQLAlchemy driver, no password (it reads PGPASSWORD or ~/.pgpass).
+        pg = parsed._replace(drivername="postgresql", password=None).render_as_string(hide_password=False)
+        how = (f"back it up with pg_dump: pg_dump --format=custom --file=labgate.dump '{pg}'" if command == "backup"
+               else f"restore it with pg_restore: pg_restore --clean --if-exists --dbname='{pg}' labgate.dump, "
+                    "then labgate db upgrade")
+        raise _db_fail(f"labgate db {command} works on SQLite files; this database is PostgreSQL: {how}", code=2)
+    raise _db_fail(f"labgate db {command} works on SQLite files; {database_display(url)} is not one", code=2)
+
+
+def _size(n: float) -> str:
+    if n < 1024:
+        return f"{int(n)} bytes"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024 or unit == "GiB":
+            break
+    return f"{n:.1f} {unit}"
+
+
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOpt = None) -> None:
-    """Apply the schema migrations (serve also does this at start)."""
-    from labgate.db.migrate import current_revision
+    """Apply the schema migrations, on SQLite or PostgreSQL (serve also does this at start)."""
+    from sqlalchemy.exc import SQLAlchemyError
 
-    db = _database(config)
-    typer.echo(f"database at revision {current_revision(db.engine)}")
+    from labgate.config import database_display
+    from labgate.db.migrate import SchemaTooNew, upgrade
+    from labgate.db.session import Database
+
+    settings = _settings(config)
+    where = database_display(settings.server.database)
+    try:
+        db = Database(settings.server.database)
+        try:
+            before, after = upgrade(db.engine)
+        finally:
+            db.dispose()
+    except SchemaTooNew as exc:
+        raise _db_fail(str(exc), "run the labgate version that migrated it, or a newer one", 4) from None
+    except (SQLAlchemyError, OSError) as exc:
+        reason = next(iter(str(getattr(exc, "orig", None) or exc).splitlines()), "") or type(exc).__name__
+        raise _db_fail(f"cannot migrate {where}: {reason}",
+                       "is the database running and reachable, and may this user write it?", 6) from None
+    if before == after:
+        typer.echo(f"{where}: already at head ({after})")
+    else:
+        typer.echo(f"{where}: schema {before or '(empty)'} -> {after}")
+
+
+@db_app.command("backup")
+def db_backup(
+    file: Annotated[Path, typer.Argument(help="where to write the copy (a new file; see --force)")],
+    force: Annotated[bool, typer.Option("--force", help="replace FILE if it exists")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Copy the SQLite database to FILE, safely while labgate serves (SQLite's backup API), and check the copy.
+    PostgreSQL: use pg_dump."""
+    from labgate.db.backup import BackupError, backup
+
+    path = _sqlite_file(_settings(config), "backup")
+    try:
+        copy = backup(path, file, force=force)
+    except BackupError as exc:
+        raise _db_fail(exc.message, exc.hint, exc.exit_code) from None
+    typer.echo(f"backed up {path} to {copy.path}: {_size(copy.size)}, schema revision {copy.revision or 'none'}, "
+               f"{copy.forwards} forwards, integrity ok")
+
+
+@db_app.command("restore")
+def db_restore(
+    file: Annotated[Path, typer.Argument(help="a copy made by `labgate db backup`")],
+    force: Annotated[bool, typer.Option("--force", help="replace a database that holds data (a copy of it is "
+                                        "kept beside it, *.before-restore-*)")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Replace the SQLite database with FILE, then migrate it to this labgate's schema. Refused while a labgate
+    (any process) has the database open: stop it first. PostgreSQL: use pg_restore."""
+    from labgate.db.backup import BackupError, restore
+
+    path = _sqlite_file(_settings(config), "restore")
+    try:
+        done = restore(file, path, force=force)
+    except BackupError as exc:
+        raise _db_fail(exc.message, exc.hint, exc.exit_code) from None
+    kept = f"; the database it replaced is kept in {done.kept}" if done.kept else ""
+    schema = f"schema {done.revision_before} -> {done.revision_after}" \
+        if done.revision_before != done.revision_after else f"schema at head ({done.revision_after})"
+    typer.echo(f"restored {done.source.path} ({done.source.forwards} forwards) into {path}{kept}; {schema}")
 
 
 @app.command()

@@ -4,10 +4,15 @@ can be overridden from the environment (LABGATE_<KEY>)."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+# An agent's name (`labgate agent --name`, [server] agent_name): what its heartbeat row is keyed by.
+AGENT_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
 class ServerConfig(BaseSettings):
@@ -53,7 +58,18 @@ class ServerConfig(BaseSettings):
     health_interval: float = Field(default=60.0, gt=0)
     # Which dataplane applies rules: "nft" (the kernel) or "none" (API only, e.g. `serve --no-agent`).
     dataplane: str = "nft"
+    # API replicas (`serve --no-agent`): how long a change waits for its gateway's agent to apply it before the
+    # answer is 202 (status "pending"). Agents: how often they heartbeat and look for changes when no NOTIFY comes
+    # (PostgreSQL NOTIFY wakes them at once; on SQLite they only poll).
+    agent_wait: float = Field(default=5.0, ge=0, le=300)
+    agent_interval: float = Field(default=5.0, gt=0, le=300)
+    agent_poll_interval: float = Field(default=2.0, gt=0, le=300)
+    # The name this process's agent heartbeats under (default: the host name); unique in a cluster.
+    agent_name: str | None = Field(default=None, min_length=1, max_length=128, pattern=AGENT_NAME.pattern)
     log_level: str = "info"
+    # How log lines are written to stderr: "text" (time level=... logger=... event=... key=value) or "json" (one
+    # object per line: time, level, logger, message and the message's key=value pairs as fields).
+    log_format: Literal["text", "json"] = "text"
 
     @classmethod
     def settings_customise_sources(
