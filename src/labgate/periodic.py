@@ -74,7 +74,9 @@ class Periodic:
             self._wake.clear()
 
     def start(self) -> None:
-        """Start the thread; the first run is at once."""
+        """Start the thread (again, after a stop); the first run is at once."""
+        self._stop.clear()
+        self._wake.clear()
         self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
         self._thread.start()
 

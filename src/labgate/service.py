@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from labgate.agent import AgentLoop
 from labgate.config import GatewayConfig, Settings
 from labgate.core.forwards import ForwardService
 from labgate.core.rules import CommittedRules
 from labgate.dataplane.kernel import NamespaceKernel
 from labgate.dataplane.reconcile import Dataplane, KernelFactory
+from labgate.db import cluster
+from labgate.db.cluster import SingletonLock
 from labgate.db.migrate import upgrade
 from labgate.db.queries import forward_labels
 from labgate.db.session import Database
@@ -71,8 +74,13 @@ class Labgate:
     `kernels` chooses the kernel of each gateway: by default the real namespace (dataplane = "nft") or none
     (dataplane = "none": API only); tests pass the in-memory fake (labgate.dataplane.fake.FakeKernel)."""
 
-    def __init__(self, settings: Settings, *, kernels: KernelFactory | None = None) -> None:
+    def __init__(self, settings: Settings, *, kernels: KernelFactory | None = None,
+                 agent_name: str | None = None, agent_only: bool = False) -> None:
         self.settings = settings
+        self.agent_name = agent_name
+        # `labgate agent`: the kernels of this host's gateways and their per-gateway work, none of the cluster-wide
+        # work (that runs on an API replica); OpenStack routers are those whose namespace is on this host.
+        self.agent_only = agent_only
         self.db = Database(settings.server.database)
         self.bus = EventBus(build_sinks(settings.sink))
         self.labels = ForwardLabels(self.db, self.bus)
@@ -96,6 +104,12 @@ class Labgate:
                                               self.labels)
             self.forwards.targets = self.openstack
         self.workers: list = []
+        # Work that runs once in a cluster (dynamic DNS, the OpenStack monitor): on the holder of a PostgreSQL
+        # advisory lock; on SQLite, here.
+        self.singletons: list = []
+        self.singleton_lock = SingletonLock(self.db, "singletons")
+        self.leader = False
+        self.agent: AgentLoop | None = None
         self._watchers: dict[str, ConnectionWatcher] = {}
         self.dataplane.on_gateway(self._gateway_changed)
         self.started = False
@@ -136,7 +150,13 @@ class Labgate:
         upgrade(self.db.engine)
         if self.openstack is not None:
             # The routers the database remembers are served at once, before (and without) the cloud answering.
-            self.openstack.restore()
+            if self.agent_only:
+                self.openstack.follow(local_only=True)
+            else:
+                self.openstack.restore()
+        # What the kernel is about to be rendered from: recorded as applied once it is (AgentLoop.claim).
+        generations = {name: cluster.generation_of(self.db, name) for name, gw in self.dataplane.gateways.items()
+                       if gw.kernel is not None}
         # Restore the kernel from the database before serving: a restart brings back exactly the committed rules.
         if not self.dataplane.reconcile_once():
             for gw in self.dataplane.gateways.values():
@@ -154,16 +174,41 @@ class Labgate:
         if self.watches_connections:
             self.workers.append(Periodic("usage", self.settings.server.usage_interval, self.usage.collect_once))
             self.workers.append(Periodic("health", self.settings.server.health_interval, self.health.check_once))
-        if self.ddns is not None:
-            self.workers.append(self.ddns)
-        if self.openstack is not None:
-            self.workers.append(self.openstack)
+        if self.ddns is not None and not self.agent_only:
+            self.singletons.append(self.ddns)
+        if self.openstack is not None and not self.agent_only:
+            self.singletons.append(self.openstack)
+        if not self.agent_only:  # API processes elect the one that runs the cluster-wide work (if any)
+            self.workers.append(Periodic("singletons", self.settings.server.agent_interval, self.elect))
+        if self.dataplane.kernels is not None:  # this process programs kernels: it is their agent
+            self.agent = AgentLoop(self, self.agent_name)
         self.started = True
         if self.watches_connections:
             for gwdp in list(self.dataplane.gateways.values()):
                 self._watch(gwdp)
+        if self.agent is not None:
+            self.agent.beat()
+            self.agent.claim(generations)
+            self.agent.start()
         for worker in self.workers:
             worker.start()
+
+    def elect(self) -> None:
+        """One round of the singleton election: start the singleton work when this process takes the lock, stop it
+        when it loses it (the database unreachable: another process may hold it now)."""
+        self.leader = cluster.elect(self.singleton_lock, self._lead, self.leader)
+        if not self.leader and self.openstack is not None:
+            # Another replica runs the monitor: serve the routers it records, without a kernel of our own.
+            self.openstack.follow()
+
+    def follow_routers(self) -> None:
+        """An agent's turn: serve the OpenStack routers whose namespace is on this host (none without OpenStack)."""
+        if self.openstack is not None and self.agent_only:
+            self.openstack.follow(local_only=True)
+
+    def _lead(self, held: bool) -> None:
+        for worker in self.singletons:
+            (worker.start if held else worker.stop)()
 
     def check_database(self) -> None:
         problem = self.db.probe()
@@ -173,9 +218,18 @@ class Labgate:
 
     def stop(self) -> None:
         self.started = False
+        if self.agent is not None:
+            self.agent.stop()
+            self.agent = None
         for worker in [*self.workers, *self._watchers.values()]:
             worker.stop()
+        if self.leader:
+            for worker in self.singletons:
+                worker.stop()
+            self.leader = False
+        self.singleton_lock.release()
         self.workers.clear()
+        self.singletons.clear()
         self._watchers.clear()
         self.dataplane.stop()
         self.bus.stop(timeout=5)

@@ -59,7 +59,8 @@ SENTINEL_KEYS = {"0.0.0.0 . tcp . 0", "4294967295"}  # render.SENTINELS: in ever
 CHANGES = ("POST", "PUT", "PATCH", "DELETE")
 # Written by a background thread at most once a minute per token after any authenticated request
 # (core/tokens.py): not a change the request makes, and not made while it runs.
-BACKGROUND_COLUMNS = {("tokens", "last_used_at")}
+# Written by the background, not by requests: a token's last use, the agent's heartbeat.
+BACKGROUND_COLUMNS = {("tokens", "last_used_at"), ("agents", "heartbeat_at")}
 
 # Values that mean something to this server, drawn 70% of the time instead of random ones: without them almost every
 # create is refused (a random string is no lab address) and almost every id names nothing, so the paths that change

@@ -21,10 +21,12 @@ ALLOWED: dict[str, set[str]] = {
     # The OpenStack monitor: beside the workers, and it changes forwards (retarget, delete, orphan) through core.
     "openstack": {"core", "db", "dataplane"},
     "api": {"core", "db", "dataplane", "service"},  # service: the type of the running service the routes serve
-    "service": {"api", "core", "db", "dataplane", "workers", "openstack"},
+    "service": {"api", "agent", "core", "db", "dataplane", "workers", "openstack"},
+    # The agent role (follows the database for the gateways this process programs): part of the running service.
+    "agent": {"db", "service"},
     "client": set(),
     "lab": {"dataplane"},
-    "cli": {"api", "client", "core", "db", "dataplane", "lab", "service", "workers"},
+    "cli": {"agent", "api", "client", "core", "db", "dataplane", "lab", "service", "workers"},
     "__main__": {"cli"},  # python -m labgate
 }
 

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from labgate import __version__
 from labgate.api.routes import (
-    audit, compat, ddns, events, forwards, gateways, health, limits, machines, openstack, tokens)
+    audit, cluster, compat, ddns, events, forwards, gateways, health, limits, machines, openstack, tokens)
 from labgate.api.middleware import Guard, allowed_methods, document_guard_errors
 from labgate.core.errors import DatabaseUnavailable, LabgateError, PortTaken
 from labgate.service import Labgate
@@ -71,8 +71,8 @@ def create_app(lg: Labgate, *, manage_lifecycle: bool = True) -> FastAPI:
     # Outermost (added last): the token is checked and the body limited before anything reads the body.
     app.add_middleware(Guard, lg=lg)
     app.state.labgate = lg
-    for r in (health.router, forwards.router, machines.router, gateways.router, events.router, ddns.router,
-              tokens.router, audit.router, limits.router, openstack.router):
+    for r in (health.router, forwards.router, machines.router, gateways.router, cluster.router, events.router,
+              ddns.router, tokens.router, audit.router, limits.router, openstack.router):
         app.include_router(r)
     compat.mount(app, lg)  # the vLab /api/1/ipam/* and /api/1/quota API, only when [compat] vlab_enabled = true
 

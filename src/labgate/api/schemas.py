@@ -147,8 +147,10 @@ class ForwardOut(BaseModel):
     description: str
     enabled: bool
     allowed_sources: list[str]
-    # orphaned: its OpenStack port or router went away (kept, ports reserved, no rules; see orphaned_reason)
-    status: Literal["active", "disabled", "error", "orphaned"]
+    # orphaned: its OpenStack port or router went away (kept, ports reserved, no rules; see orphaned_reason);
+    # pending / failed: its gateway's agent (another process) has not applied its last change yet / refused it (see
+    # status_reason)
+    status: Literal["active", "disabled", "error", "orphaned", "pending", "failed"]
     created_at: datetime
     updated_at: datetime
     health: HealthOut
@@ -156,6 +158,7 @@ class ForwardOut(BaseModel):
     target_port_id: str | None = None
     target_server: TargetServerOut | None = None
     orphaned_reason: str | None = None
+    status_reason: str | None = None
 
 
 class Page(BaseModel):
@@ -233,6 +236,37 @@ class GatewayProblemOut(BaseModel):
     fix: str                         # the command or setting that fixes it
 
 
+class GatewayAgentOut(BaseModel):
+    name: str
+    host: str
+    alive: bool
+    heartbeat_at: datetime | None
+    version: str | None = None
+
+
+class ClusterAgentOut(BaseModel):
+    name: str
+    host: str
+    pid: int
+    version: str | None
+    gateways: list[str]
+    started_at: datetime
+    heartbeat_at: datetime
+    interval: float
+    stopped_at: datetime | None
+    # A heartbeat within three of its intervals, and not stopped.
+    alive: bool
+
+
+class ClusterOut(BaseModel):
+    database: str  # sqlite | postgresql
+    # The process that runs the cluster-wide work (DDNS, the OpenStack monitor): "host:pid" (PostgreSQL), or
+    # "this process" (SQLite: one process serves); null while none holds it.
+    leader: str | None
+    this_process_leads: bool
+    agents: list[ClusterAgentOut]
+
+
 class GatewayOut(BaseModel):
     name: str
     netns: str
@@ -243,7 +277,8 @@ class GatewayOut(BaseModel):
     ports_total: int
     ports_free: dict[str, int]
     forwards: int
-    # ok | not_forwarding | degraded | error | pending | off (see `problems` for not_forwarding and degraded)
+    # ok | not_forwarding | degraded | error | pending | off (see `problems` for not_forwarding and degraded);
+    # gateways an agent programs (a cluster): ok | pending | error | agent_down | no_agent
     status: str
     last_error: str | None
     last_sync_at: float | None
@@ -255,6 +290,11 @@ class GatewayOut(BaseModel):
     router_id: str | None = None
     router_name: str | None = None
     project_id: str | None = None
+    # Cluster (docs/operations.md): the agent that programs this gateway (null when this process does), the
+    # generation of its committed changes and the generation that agent applied.
+    agent: GatewayAgentOut | None = None
+    generation: int = 0
+    applied_generation: int = 0
 
 
 class ErrorDetail(BaseModel):

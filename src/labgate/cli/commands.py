@@ -375,11 +375,13 @@ def gateway_ls(context: ContextOpt = None, output: OutputOpt = Format.table) -> 
         emit_json(gateways)
         return
     routers = any(g.router_id for g in gateways)
+    agents = any(g.agent for g in gateways)  # a cluster: the agent that programs each gateway, and how far it is
     table((Col("name"), *((Col("router", drop=4),) if routers else ()), Col("external", cut=False),
-           Col("ranges", drop=2), Col("free tcp/udp", drop=3), Col("forwards", drop=1), Col("status"),
-           Col("last error")),
+           Col("ranges", drop=2), Col("free tcp/udp", drop=3), Col("forwards", drop=1),
+           *((Col("agent", drop=5), Col("applied", drop=5)) if agents else ()), Col("status"), Col("last error")),
           [(g.name, *((g.router_name or g.router_id or "",) if routers else ()), g.external_address,
-            ", ".join(g.port_ranges), f"{g.ports_free.get('tcp')}/{g.ports_free.get('udp')}", g.forwards, g.status,
+            ", ".join(g.port_ranges), f"{g.ports_free.get('tcp')}/{g.ports_free.get('udp')}", g.forwards,
+            *((_agent_cell(g.agent), f"{g.applied_generation}/{g.generation}") if agents else ()), g.status,
             g.last_error)
            for g in gateways])
     # What keeps a gateway from working, and the fix: in full, below the table (a cell would cut it).
@@ -388,6 +390,32 @@ def gateway_ls(context: ContextOpt = None, output: OutputOpt = Format.table) -> 
             typer.echo(f"{g.name}: {problem.get('message')}")
             if problem.get("fix"):
                 typer.echo(f"  fix: {problem['fix']}")
+
+
+@gateway_app.command("agents")
+@handled
+def gateway_agents(context: ContextOpt = None, output: OutputOpt = Format.table) -> None:
+    """The agents that program the gateways' kernels (a cluster), their heartbeats, and which API process runs the
+    cluster-wide work (admins)."""
+    client, _ = client_for(context)
+    with client:
+        status = client.cluster_status()
+    if output == Format.json:
+        emit_json(status)
+        return
+    console.print(f"database {escape(str(status['database']))}  cluster-wide work on: "
+                  f"{escape(str(status.get('leader') or 'nobody (no API process holds the lock)'))}", highlight=False)
+    table((Col("agent"), Col("host", drop=2), Col("pid", drop=4), Col("gateways", drop=1), Col("heartbeat"),
+           Col("version", drop=3), Col("state")),
+          [(a["name"], a["host"], a["pid"], ", ".join(a["gateways"]) or "-", a["heartbeat_at"], a.get("version"),
+            "alive" if a["alive"] else ("stopped" if a.get("stopped_at") else "no heartbeat"))
+           for a in status["agents"]])
+
+
+def _agent_cell(agent: dict | None) -> str:
+    if not agent:
+        return ""
+    return f"{agent.get('name')}@{agent.get('host')}" + ("" if agent.get("alive") else " (down)")
 
 
 # --- dynamic DNS ---------------------------------------------------------------------------------------------------

@@ -130,6 +130,69 @@ def serve(
         raise typer.Exit(6)
 
 
+@app.command()
+def agent(
+    config: ConfigOpt = None,
+    gateway: Annotated[Optional[list[str]], typer.Option(
+        "--gateway", "-g", help="serve only this [[gateway]] (repeat for more; default: every one in the config)")]
+    = None,
+    name: Annotated[Optional[str], typer.Option(
+        "--name", help="the name this agent heartbeats under (default: [server] agent_name, else the host name)")]
+    = None,
+    log_format: Annotated[Optional[LogFormat], typer.Option(
+        "--log-format", help="log lines as key=value text or as JSON objects")] = None,
+) -> None:
+    """Run the dataplane alone, for a gateway host whose API runs elsewhere (`labgate serve --no-agent` on the same
+    database, PostgreSQL): apply the changes committed for this host's gateways, heartbeat, and report each
+    gateway's applied generation or error. No HTTP. SIGTERM or Ctrl-C stops it; its kernel rules stay in place."""
+    import signal
+    import threading
+
+    from labgate.config.server import AGENT_NAME
+    from labgate.logs import setup_logging
+    from labgate.service import Labgate
+
+    settings = _settings(config)
+    if log_format is not None:
+        settings.server.log_format = log_format.value
+    setup_logging(settings.server.log_level, settings.server.log_format)
+    if name is not None and not AGENT_NAME.fullmatch(name):
+        raise _db_fail(f"agent name {name!r} is not usable", "letters, digits and _ . : - only, 1 to 128 of them", 2)
+    if settings.server.dataplane == "none":
+        raise _db_fail("an agent programs kernels, and this config says [server] dataplane = \"none\"",
+                       "set dataplane = \"nft\" in the agent's config (API replicas use `serve --no-agent`)", 2)
+    if gateway:
+        known = [g.name for g in settings.gateway]
+        unknown = [g for g in gateway if g not in known]
+        if unknown:
+            raise _db_fail(f"no [[gateway]] named {', '.join(map(repr, unknown))} in the config",
+                           f"the config's gateways: {', '.join(known) or 'none'}", 2)
+        settings.gateway = [g for g in settings.gateway if g.name in gateway]
+    elif not settings.gateway and settings.openstack is None:
+        raise _db_fail("this config has no [[gateway]] and no [openstack]: the agent would serve nothing",
+                       "give it the [[gateway]] blocks of this host (the same as the API replicas')", 2)
+    # An agent serves kernels only: the API's cluster-wide work (DDNS, the OpenStack monitor) runs on a replica.
+    settings.ddns = None
+    server.private_data_dir(settings.server)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda _sig, _frame: done.set())
+    lg = Labgate(settings, agent_name=name, agent_only=True)
+    try:
+        lg.start()
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback, for a database that is not there
+        lg.stop()
+        reason = next(iter(str(getattr(exc, "orig", None) or exc).splitlines()), "") or type(exc).__name__
+        raise _db_fail(f"the agent could not start: {reason}",
+                       "is the database running and reachable, and may this user write it?", 6) from None
+    assert lg.agent is not None
+    typer.echo(f"labgate agent {lg.agent.name}: serving {', '.join(lg.agent.gateways) or 'no gateway'}", err=True)
+    try:
+        done.wait()
+    finally:
+        lg.stop()
+
+
 def _listen_problem(host: str, port: int) -> str | None:
     """Why (host, port) cannot be listened on now, or None. Bound the way uvicorn binds (SO_REUSEADDR)."""
     import socket

@@ -210,6 +210,10 @@ class Client:
         """Dynamic DNS: {"configured", "server", "zone", "key_name", "gateways": [...], "machines": {...}}."""
         return self._request("GET", "/api/v1/ddns")
 
+    def cluster_status(self) -> dict[str, Any]:
+        """The cluster (admins): {"database", "leader", "this_process_leads", "agents": [{name, host, alive, ...}]}."""
+        return self._request("GET", "/api/v1/cluster")
+
     def openstack_status(self) -> dict[str, Any]:
         """OpenStack (docs/openstack.md): {"configured", "cloud", "last_cycle": {...}, "last_successful_cycle", ...}."""
         return self._request("GET", "/api/v1/openstack")

@@ -88,6 +88,9 @@ class Gateway:
     router_id: str | None = None  # OpenStack router gateways: the router and its project
     router_name: str | None = None
     project_id: str | None = None
+    agent: dict[str, Any] | None = None  # a cluster: the agent that programs it (name, host, alive, heartbeat_at)
+    generation: int = 0
+    applied_generation: int = 0
 
     @classmethod
     def from_api(cls, data: dict[str, Any]) -> "Gateway":

@@ -31,6 +31,7 @@ from labgate.core.rules import CommittedRules, rule_of
 from labgate.core.tokens import Principal
 from labgate.core.views import ForwardView
 from labgate.dataplane.reconcile import ChangeRefused, Dataplane, DataplaneError, GatewayDataplane, RuleChange
+from labgate.db import cluster
 from labgate.db.ids import reserve_forward_id
 from labgate.db.models import Forward, PortAllocation
 from labgate.db.queries import forward_states, port_holder, project_gateways
@@ -97,13 +98,36 @@ def gateway_works(gwdp: GatewayDataplane | None) -> bool:
 
 def forward_views(s: Session, dataplane: Dataplane, forwards: list[Forward]) -> list[ForwardView]:
     states, health = forward_states(s, forwards)
+    # Gateways whose kernel another process (their agent) programs: what it applied decides the status.
+    remote = {f.gateway for f in forwards if (gw := dataplane.get(f.gateway)) is not None and gw.kernel is None}
+    syncs = cluster.gateway_syncs(s, remote) if remote else {}
     out = []
     for f in forwards:
         gwdp = dataplane.get(f.gateway)
         ext = gwdp.external_address if gwdp else None
+        if f.gateway in remote:
+            sync = syncs.get(f.gateway)
+            ext = ext or (sync.external_address if sync else None)
+            out.append(ForwardView.of(f, external_address=str(ext) if ext else None, gateway_ok=True,
+                                      st=states.get(f.id), addr=health.get((f.gateway, f.target_address)),
+                                      agent=agent_verdict(sync, f.generation)))
+            continue
         out.append(ForwardView.of(f, external_address=str(ext) if ext else None, gateway_ok=gateway_works(gwdp),
                                   st=states.get(f.id), addr=health.get((f.gateway, f.target_address))))
     return out
+
+
+def agent_verdict(sync: cluster.GatewaySync | None, generation: int) -> tuple[str, str | None] | None:
+    """For a forward on a gateway another process programs: ("pending" | "failed", why), or None once applied."""
+    if sync is None or not sync.agent:
+        return ("pending", "no agent has applied this gateway yet")
+    if not sync.agent_alive:
+        return ("pending", f"the gateway's agent {sync.agent!r} is not running (no heartbeat)")
+    if sync.failed(generation):
+        return ("failed", sync.last_error)
+    if sync.pending(generation):
+        return ("pending", f"waiting for agent {sync.agent!r}")
+    return None
 
 
 class ForwardService:
@@ -164,6 +188,12 @@ class ForwardService:
 
     def _gateway(self, name: str | None, project: str | None = None) -> tuple[GatewayConfig, GatewayDataplane]:
         gwdp = self.find_gateway(name, project)
+        if gwdp.kernel is None and gwdp.external_address is None:
+            # An "auto" address this process cannot read: the gateway's agent says what it found.
+            with self.db.reader() as r:
+                known = cluster.gateway_syncs(r, [gwdp.cfg.name]).get(gwdp.cfg.name)
+            if known is not None and known.external_address:
+                gwdp.external_address = ipaddress.IPv4Address(known.external_address)
         return gwdp.cfg, gwdp
 
     def _owned(self, s: Session, principal: Principal, forward_id: int, *, lock: bool = False) -> Forward:
@@ -192,10 +222,15 @@ class ForwardService:
                                          external_port=fwd.external_port, target_ip=fwd.target_address,
                                          target_port=fwd.target_port, enabled=fwd.enabled, **extra))
 
-    def _commit_synced(self, s: Session, gwdp: GatewayDataplane, change: RuleChange, cut: list[int]) -> None:
+    def _commit_synced(self, s: Session, gwdp: GatewayDataplane, change: RuleChange, cut: list[int]) -> bool:
         """Sync the kernel (partial, or full from this session's pending view), then commit; a kernel refusal
         rolls back and answers 503. After the commit, outside the transaction and the gateway lock, cut the open
-        sessions of `cut` (before the caller answers, so a 2xx still means they are gone)."""
+        sessions of `cut` (before the caller answers, so a 2xx still means they are gone).
+
+        The commit bumps the gateway's generation (db/cluster.py). A gateway this process runs no kernel for
+        (`serve --no-agent`: its agent is another process) is only committed, and then waited for: True once its
+        agent applied the change, False after `agent_wait` seconds (the change is pending) or when it failed."""
+        remote = gwdp.kernel is None
         try:
             with self.dataplane.change(gwdp.cfg.name) as gw:
                 try:
@@ -209,6 +244,8 @@ class ForwardService:
                     raise DataplaneUnavailable(f"the kernel refused the change on gateway {gw.cfg.name!r}: {exc}") \
                         from None
                 try:
+                    generation = cluster.bump(s, gw.cfg.name, applied=not remote,
+                                              forward_ids=[r.id for r in (*change.remove, *change.add)])
                     s.commit()
                 except Exception:
                     s.rollback()
@@ -216,7 +253,10 @@ class ForwardService:
         except DataplaneError as exc:  # only change() itself: the gateway (a router gone) was removed meanwhile
             s.rollback()
             raise DataplaneUnavailable(f"{exc} while this request ran (nothing was changed); try again") from None
+        if remote:
+            return cluster.wait_applied(self.db, gwdp.cfg.name, generation, self.settings.server.agent_wait)
         gwdp.cut(cut)
+        return True
 
     # --- commands ------------------------------------------------------------------------------------------------
     def _resolve(self, principal: Principal, spec: ForwardSpec) -> tuple[str | None, str, Resolved | None]:
@@ -465,7 +505,10 @@ class ForwardService:
             self.publisher.publish(trail)
         return self._view(fwd)
 
-    def delete(self, principal: Principal, forward_id: int) -> None:
+    def delete(self, principal: Principal, forward_id: int) -> bool:
+        """Delete a forward. True once its rule is gone from the kernel; False when its gateway's agent (another
+        process) has not applied the deletion yet (it is committed: the agent will)."""
+        applied = True
         with self.db.writer() as s:
             fwd = self._owned(s, principal, forward_id, lock=True)
             trail = audit.record(s, principal, "forward.delete", fwd.id, before=audit.forward_snapshot(fwd),
@@ -480,10 +523,11 @@ class ForwardService:
                 old_rule = rule_of(fwd, external_of(gwdp)) if fwd.enabled else None
                 s.delete(fwd)
                 s.flush()
-                self._commit_synced(s, gwdp, RuleChange.of([old_rule]), [forward_id] if old_rule else [])
+                applied = self._commit_synced(s, gwdp, RuleChange.of([old_rule]), [forward_id] if old_rule else [])
             if gwdp is not None:
                 self._pool(gwdp.cfg, proto).release(start, count)
             log.info("event=forward_deleted id=%d owner=%s", forward_id, principal.owner)
             self._publish("deleted", fwd)
             self.publisher.publish(trail)
+        return applied
 

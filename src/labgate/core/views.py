@@ -66,7 +66,8 @@ class ForwardView:
     enabled: bool
     allowed_sources: list[str]
     # active, disabled, error (the gateway cannot apply or route it), orphaned (its OpenStack port or router went
-    # away: kept, its ports reserved, no rules)
+    # away: kept, its ports reserved, no rules); on a gateway another process (its agent) programs: pending (that
+    # agent has not applied the forward's last change, or is not running), failed (its kernel refused it)
     status: str
     created_at: datetime
     updated_at: datetime
@@ -75,12 +76,19 @@ class ForwardView:
     target_port_id: str | None = None
     target_server: dict[str, str | None] | None = None  # {"id", "name"}
     orphaned_reason: str | None = None
+    # Why the status is pending or failed (a gateway whose agent is another process), else None.
+    status_reason: str | None = None
 
     @classmethod
     def of(cls, fwd: Forward, *, external_address: str | None, gateway_ok: bool, st: ForwardState | None,
-           addr: AddressHealth | None) -> "ForwardView":
+           addr: AddressHealth | None, agent: tuple[str, str | None] | None = None) -> "ForwardView":
+        """`agent`: for a gateway another process programs, ("pending" | "failed", why) until this forward's change
+        is applied there."""
+        reason = None
         if fwd.orphaned_at is not None:
             status = "orphaned"
+        elif agent is not None:
+            status, reason = agent
         else:
             status = "disabled" if not fwd.enabled else "active" if gateway_ok else "error"
         server = ({"id": fwd.target_server_id, "name": fwd.target_server_name}
@@ -89,7 +97,7 @@ class ForwardView:
                    fwd.target_address, fwd.target_port, fwd.name, fwd.kind, fwd.owner, fwd.description, fwd.enabled,
                    list(fwd.allowed_sources or []), status, fwd.created_at, fwd.updated_at,
                    HealthView.of(fwd.protocol, st, addr), UsageView.of(st), fwd.target_port_id, server,
-                   fwd.orphaned_reason)
+                   fwd.orphaned_reason, reason)
 
 
 @dataclass
@@ -135,3 +143,8 @@ class GatewayView:
     router_id: str | None = None
     router_name: str | None = None
     project_id: str | None = None
+    # Cluster (docs/operations.md): the agent that programs this gateway's kernel when another process does
+    # ({name, host, alive, heartbeat_at, version}), the generation of its committed changes and the one applied.
+    agent: dict[str, Any] | None = None
+    generation: int = 0
+    applied_generation: int = 0

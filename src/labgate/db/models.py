@@ -101,6 +101,43 @@ class Forward(Base):
     # Set when its target port or router went away and on_target_deleted = "orphan": kept, ports reserved, no rules.
     orphaned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     orphaned_reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # Its gateway's generation when it last changed: applied once the gateway's agent applied that generation.
+    generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
+class GatewayState(Base):
+    """One gateway's change counter and what its agent applied (docs/operations.md, Cluster). Every committed change
+    to a gateway's forwards bumps `generation`; the process that programs the gateway's kernel (an agent, or serve
+    in one process) records the generation it applied, or its error. A forward whose generation is above
+    `applied_generation` is pending."""
+
+    __tablename__ = "gateway_states"
+
+    gateway: Mapped[str] = mapped_column(String(32), primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    applied_generation: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    agent: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # What the agent learned of the gateway (an "auto" external address), for API replicas that cannot look.
+    external_address: Mapped[str | None] = mapped_column(String(45), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(1000), nullable=True)
+    error_generation: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class Agent(Base):
+    """A `labgate agent` (or `labgate serve` with its dataplane): its gateways and its heartbeat."""
+
+    __tablename__ = "agents"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), default="")
+    pid: Mapped[int] = mapped_column(Integer, default=0)
+    version: Mapped[str] = mapped_column(String(32), default="")
+    gateways: Mapped[list[str]] = mapped_column(JSON, default=list)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    interval: Mapped[float] = mapped_column(Float, default=5.0)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class CloudRouter(Base):

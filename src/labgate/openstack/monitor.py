@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import threading
 import time
 import uuid
@@ -30,6 +31,7 @@ from labgate.core import cloud as core_cloud
 from labgate.core.cloud import CloudChange, Resolved
 from labgate.core.errors import DataplaneUnavailable, InvalidInput
 from labgate.core.forwards import ForwardService
+from labgate.dataplane.netns import NETNS_DIR
 from labgate.dataplane.reconcile import Dataplane
 from labgate.db import queries
 from labgate.db.session import Database
@@ -94,6 +96,29 @@ class OpenStackMonitor:
                                                         row.external_address, row.target_networks))
         ROUTERS.set(sum(1 for r in rows if r.gone_at is None))
         return len(rows)
+
+    def follow(self, *, local_only: bool = False) -> int:
+        """In a cluster, where another process runs the monitor: serve the routers the database lists now, and stop
+        serving those it no longer lists. An agent (`local_only`) serves only the routers whose `qrouter-*`
+        namespace is on this host; an API replica serves them all (without a kernel). Returns how many it serves."""
+        wanted: dict[str, GatewayConfig] = {}
+        for row in queries.cloud_routers(self.db):
+            if row.gone_at is not None:
+                continue
+            cfg = self._config(row.gateway, row.router_id, row.router_name, row.project_id, row.external_address,
+                               row.target_networks)
+            if local_only and not os.path.exists(os.path.join(NETNS_DIR, cfg.netns or "")):
+                continue
+            wanted[cfg.name] = cfg
+        for name, cfg in wanted.items():
+            gw = self.dataplane.get(name)
+            if gw is None or gw.cfg != cfg:
+                self.dataplane.put_gateway(cfg)
+        for name, gw in list(self.dataplane.gateways.items()):
+            if gw.cfg.router_id and name not in wanted:
+                self.dataplane.remove_gateway(name)
+        ROUTERS.set(len(wanted))
+        return len(wanted)
 
     def start(self) -> None:
         self._loop.start()

@@ -15,14 +15,24 @@ router = APIRouter(prefix="/api/v1/forwards", tags=["forwards"])
 ForwardId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the forward's id")]
 ERRORS = {**AUTH_ERRORS, 404: {"model": ErrorOut}, 409: {"model": ErrorOut}, 422: {"model": ErrorOut},
           503: {"model": ErrorOut}}
+# A gateway whose kernel another process (its agent) programs: the change is committed, and not applied yet after
+# `agent_wait` seconds (or the agent refused it): the forward says "pending" (or "failed") and why.
+PENDING = {202: {"model": ForwardOut, "description": "committed; the gateway's agent has not applied it yet"}}
 READ_ERRORS = {**AUTH_ERRORS, 404: {"model": ErrorOut}, 422: {"model": ErrorOut}}
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ForwardOut, responses=ERRORS)
-def create_forward(body: ForwardCreate, lg: LabgateDep, who: WriterDep) -> dict:
+def _pending(view, response: Response):
+    if view.status in ("pending", "failed"):
+        response.status_code = status.HTTP_202_ACCEPTED
+    return view
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ForwardOut, responses={**ERRORS, **PENDING})
+def create_forward(body: ForwardCreate, lg: LabgateDep, who: WriterDep, response: Response) -> dict:
     """Forward an external port of the gateway (chosen for you unless `external_port` is given) to a target.
-    When this returns 201 the kernel already forwards it."""
-    return lg.forwards.create(who, ForwardSpec(**body.model_dump()))
+    When this returns 201 the kernel already forwards it; 202: committed, its gateway's agent (another process)
+    has not applied it within `agent_wait` seconds (status `pending`, or `failed` with the kernel's reason)."""
+    return _pending(lg.forwards.create(who, ForwardSpec(**body.model_dump())), response)
 
 
 @router.get("", response_model=ForwardPage, responses=READ_ERRORS)
@@ -52,14 +62,16 @@ def get_forward(forward_id: ForwardId, lg: LabgateDep, who: ReaderDep) -> dict:
     return lg.forwards.get(who, forward_id)
 
 
-@router.patch("/{forward_id}", response_model=ForwardOut, responses=ERRORS)
-def update_forward(forward_id: ForwardId, body: ForwardPatch, lg: LabgateDep, who: WriterDep) -> dict:
+@router.patch("/{forward_id}", response_model=ForwardOut, responses={**ERRORS, **PENDING})
+def update_forward(forward_id: ForwardId, body: ForwardPatch, lg: LabgateDep, who: WriterDep,
+                   response: Response) -> dict:
     """Change description, enabled, allowed_sources, name, kind or the target; a retarget is one atomic kernel
-    change and cuts the sessions still going to the old target."""
-    return lg.forwards.update(who, forward_id, body.model_dump(exclude_unset=True))
+    change and cuts the sessions still going to the old target. 202 as for a create."""
+    return _pending(lg.forwards.update(who, forward_id, body.model_dump(exclude_unset=True)), response)
 
 
-@router.delete("/{forward_id}", status_code=status.HTTP_204_NO_CONTENT, responses=ERRORS)
+@router.delete("/{forward_id}", status_code=status.HTTP_204_NO_CONTENT,
+               responses={**ERRORS, 202: {"description": "deleted; the gateway's agent has not removed its rule yet"}})
 def delete_forward(forward_id: ForwardId, lg: LabgateDep, who: WriterDep) -> Response:
-    lg.forwards.delete(who, forward_id)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    applied = lg.forwards.delete(who, forward_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT if applied else status.HTTP_202_ACCEPTED)
