@@ -101,6 +101,12 @@ def test_the_agent_applies_what_the_replica_commits(replica, sqlite_url):
                 assert [x["name"] for x in status["agents"] if x["alive"]] == ["a1"]
                 assert status["agents"][0]["gateways"] == ["default"]
                 assert status["database"] == "sqlite" and status["this_process_leads"] is True
+                # A replica's /metrics shows the agents (which serve no HTTP) and how far each gateway is.
+                metrics = a.get("/metrics").text
+                assert 'labgate_forwards{gateway="default"} 1.0' in metrics
+                assert 'labgate_gateway_generation{gateway="default"} 4.0' in metrics
+                assert 'labgate_gateway_applied_generation{gateway="default"} 4.0' in metrics
+                assert f'labgate_agent_up{{agent="a1",host="{status["agents"][0]["host"]}"}} 1.0' in metrics
             # The kernel refuses the next batch: the change is `failed` with the kernel's reason, not active.
             kernels["default"].refuse_matching("10.9.0.7")
             r = c.post("/api/v1/forwards", json={"target_address": "10.9.0.7", "target_port": 22})
@@ -114,6 +120,10 @@ def test_the_agent_applies_what_the_replica_commits(replica, sqlite_url):
             assert r.status_code == 201, r.text
             assert len(ids_in(kernels["default"])) == 2
         # A cleanly stopped agent is shown stopped; its gateway's forwards are pending.
+        with replica.client(admin) as a:
+            assert 'labgate_agent_up{agent="a1",' in a.get("/metrics").text
+            assert any(line.startswith('labgate_agent_up{agent="a1",') and line.endswith(" 0.0")
+                       for line in a.get("/metrics").text.splitlines())
         gw = c.get("/api/v1/gateways").json()[0]
         assert gw["status"] == "agent_down" and gw["agent"]["alive"] is False
         assert "stopped" in gw["problems"][0]["message"]

@@ -63,5 +63,16 @@ def test_targets_turn_down_and_up_with_a_threshold_and_bad_records_are_listed(la
             assert (m1, "up", "down") in transitions and (m1, "down", "up") in transitions
             assert (dead, "unknown", "down") in transitions
             assert all(e["fields"]["owner"] == "alice" for e in events)
+            # Each probe's result is counted on /metrics: 5 cycles of 2 addresses and 3 ports; the ghost never
+            # answers, vm1 does except in the 2 cycles of its link down.
+            with srv.client(srv.token("root", admin=True)) as admin:
+                metrics = admin.get("/metrics").text
+            counts = {(k, r): float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                      for k in ("icmp", "tcp") for r in ("up", "down", "inconclusive")
+                      if line.startswith(f'labgate_probes_total{{gateway="lab",kind="{k}",result="{r}"}}')}
+            assert sum(v for (k, _), v in counts.items() if k == "icmp") == 10, counts
+            assert sum(v for (k, _), v in counts.items() if k == "tcp") == 15, counts
+            assert (counts[("icmp", "up")], counts[("icmp", "down")], counts[("tcp", "up")]) == (3, 7, 3), counts
+            assert "labgate_probe_cycle_seconds " in metrics
     finally:
         svc.stop()

@@ -13,6 +13,8 @@ from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Callable, Iterable
 
+from prometheus_client import Counter, Gauge
+
 from labgate.config import GatewayConfig, Settings
 from labgate.dataplane.netns import NamespaceError
 from labgate.db import queries
@@ -23,6 +25,11 @@ from labgate.workers.probe import NamespaceProbe, probe_in_namespace
 
 log = logging.getLogger("labgate.health")
 PORT_DOWN_STATES = ("refused", "timeout", "unreachable")
+PROBES = Counter("labgate_probes_total", "Reachability probes by kind (icmp, tcp) and result (up, down, "
+                 "inconclusive)", ["gateway", "kind", "result"])
+PROBE_FAILURES = Counter("labgate_probe_cycle_failures_total", "Gateways a health cycle could not probe at all",
+                         ["gateway"])
+CYCLE_SECONDS = Gauge("labgate_probe_cycle_seconds", "Duration of the last health cycle (all gateways)")
 
 
 class HealthMonitor:
@@ -57,12 +64,24 @@ class HealthMonitor:
                 probe = probe_in_namespace(gw.netns, addresses, tcp, timeout=self.timeout, attempts=self.attempts)
             except (NamespaceError, PermissionError, OSError) as exc:
                 log.warning("event=health_probe_failed gateway=%s error=%r", gw.name, str(exc))
+                PROBE_FAILURES.labels(gw.name).inc()
                 continue
             total += probe.seconds
             results[gw.name] = probe
             self._record(gw.name, rows, probe)
+            self._count(gw.name, probe)
         self.last_cycle_seconds = total
+        CYCLE_SECONDS.set(total)
         return results
+
+    @staticmethod
+    def _count(gateway: str, probe: NamespaceProbe) -> None:
+        for result in probe.icmp.values():
+            PROBES.labels(gateway, "icmp", "inconclusive" if result.inconclusive else
+                          "up" if result.alive else "down").inc()
+        for result in probe.tcp.values():
+            PROBES.labels(gateway, "tcp", "up" if result.state == "open" else
+                          "down" if result.state in PORT_DOWN_STATES else "inconclusive").inc()
 
     def _record(self, gateway: str, rows: list, probe: NamespaceProbe) -> None:
         now = datetime.now(timezone.utc)
