@@ -131,6 +131,10 @@ class AgentLoop:
 
     def stop(self, timeout: float = 10) -> None:
         self._stop.set()
+        try:
+            cluster.notify(self.db, "")  # wake the LISTEN it may be waiting in (anyone else: one extra look)
+        except Exception:  # noqa: BLE001 - then it ends within agent_poll_interval
+            pass
         if self._thread is not None:
             self._thread.join(timeout)
         self._listener.close()

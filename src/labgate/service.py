@@ -8,6 +8,7 @@ This module is the top: it is the only one that knows every layer.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import Any
 
@@ -200,6 +201,19 @@ class Labgate:
         if not self.leader and self.openstack is not None:
             # Another replica runs the monitor: serve the routers it records, without a kernel of our own.
             self.openstack.follow()
+        self._learn_remote_addresses()
+
+    def _learn_remote_addresses(self) -> None:
+        """Gateways another process programs, with external_address = "auto": the address their agent found (for
+        dynamic DNS and the forwards' views here)."""
+        remote = {name: gw for name, gw in self.dataplane.gateways.items()
+                  if gw.kernel is None and gw.cfg.external_address == "auto"}
+        if not remote:
+            return
+        with self.db.reader() as s:
+            for name, sync in cluster.gateway_syncs(s, remote).items():
+                if sync.external_address:
+                    remote[name].external_address = ipaddress.IPv4Address(sync.external_address)
 
     def follow_routers(self) -> None:
         """An agent's turn: serve the OpenStack routers whose namespace is on this host (none without OpenStack)."""

@@ -1,7 +1,8 @@
-"""The cluster roles on one SQLite file, in one test process: an API replica with no kernel (`serve --no-agent`)
-and an agent (`labgate agent`, here with the in-memory kernel). What a replica answers depends on what the agent
-applied: 201 active, 202 pending (no agent, or a slow or dead one), failed with the kernel's reason; and the
-gateways' view says which agent serves them. The same on PostgreSQL with real kernels: tests/kernel/test_cluster.py."""
+"""The cluster roles on one database (SQLite, or PostgreSQL in the second pass), in one test process: an API
+replica with no kernel (`serve --no-agent`) and an agent (`labgate agent`, here with the in-memory kernel). What a
+replica answers depends on what the agent applied: 201 active, 202 pending (no agent, or a slow or dead one),
+failed with the kernel's reason; and the gateways' view says which agent serves them. The same on PostgreSQL with
+real kernels and processes: tests/kernel/test_cluster.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from labgate.dataplane.fake import FakeKernel
 from labgate.db import cluster
 from labgate.service import Labgate
 from tests.conftest import make_settings
-from tests.harness import running_server
+from tests.harness import TEST_DATABASE, fake_kernels, running_server
 
 
 def settings_for(url: str):
@@ -56,8 +57,8 @@ def wait_for(check, timeout: float = 10):
 
 
 @pytest.fixture
-def replica(sqlite_url):
-    with running_server(settings_for(sqlite_url), api_only=True) as srv:
+def replica(database_url):
+    with running_server(settings_for(database_url), api_only=True) as srv:
         yield srv
 
 
@@ -74,13 +75,13 @@ def test_no_agent_means_pending_and_says_so(replica):
         assert gw["generation"] == 1 and gw["applied_generation"] == 0
 
 
-def test_the_agent_applies_what_the_replica_commits(replica, sqlite_url):
+def test_the_agent_applies_what_the_replica_commits(replica, database_url):
     token = replica.token("alice")
     admin = replica.token("root", admin=True)
     with replica.client(token) as c:
         early = c.post("/api/v1/forwards", json={"target_address": "10.9.0.5", "target_port": 22}).json()
         assert early["status"] == "pending"
-        with agent(sqlite_url) as (lg, kernels):
+        with agent(database_url) as (lg, kernels):
             # What was committed before the agent started is in its first render, and recorded as applied.
             assert ids_in(kernels["default"]) == {early["id"]}
             assert c.get(f"/api/v1/forwards/{early['id']}").json()["status"] == "active"
@@ -100,7 +101,7 @@ def test_the_agent_applies_what_the_replica_commits(replica, sqlite_url):
                 status = a.get("/api/v1/cluster").json()
                 assert [x["name"] for x in status["agents"] if x["alive"]] == ["a1"]
                 assert status["agents"][0]["gateways"] == ["default"]
-                assert status["database"] == "sqlite" and status["this_process_leads"] is True
+                assert status["database"] == TEST_DATABASE and status["this_process_leads"] is True
                 # A replica's /metrics shows the agents (which serve no HTTP) and how far each gateway is.
                 metrics = a.get("/metrics").text
                 assert 'labgate_forwards{gateway="default"} 1.0' in metrics
@@ -133,13 +134,36 @@ def test_the_agent_applies_what_the_replica_commits(replica, sqlite_url):
         assert "not running" in r.json()["status_reason"]
 
 
-def test_a_late_agent_turns_a_202_into_active(replica, sqlite_url):
+def test_a_late_agent_turns_a_202_into_active(replica, database_url):
     token = replica.token("alice")
     with replica.client(token) as c:
         pending = c.post("/api/v1/forwards", json={"target_address": "10.9.0.5", "target_port": 80}).json()
         assert pending["status"] == "pending"
-        with agent(sqlite_url, "late"):
+        with agent(database_url, "late"):
             wait_for(lambda: c.get(f"/api/v1/forwards/{pending['id']}").json()["status"] == "active")
             with replica.labgate.db.reader() as r:
                 sync = cluster.gateway_syncs(r)["default"]
             assert (sync.generation, sync.applied_generation, sync.agent) == (1, 1, "late")
+
+
+def test_an_auto_address_found_by_the_agent_is_known_to_the_replica(database_url):
+    """external_address = "auto": only the agent can read it (in the gateway's namespace); it records it, and the
+    replica shows it (gateways, forwards) and hands it to dynamic DNS."""
+    settings = settings_for(database_url)
+    settings.gateway[0].external_address = "auto"
+    with running_server(settings, api_only=True) as replica:
+        token = replica.token("alice")
+        with replica.client(token) as c:
+            assert c.get("/api/v1/gateways").json()[0]["external_address"] is None
+            agent_settings = settings_for(database_url)
+            agent_settings.gateway[0].external_address = "auto"
+            lg = Labgate(agent_settings, kernels=fake_kernels(agent_settings), agent_name="a1", agent_only=True)
+            lg.start()
+            try:
+                replica.labgate.elect()  # one election round: what every API process does each agent_interval
+                assert c.get("/api/v1/gateways").json()[0]["external_address"] == "192.0.2.10"
+                assert str(replica.labgate.dataplane.get("default").external_address) == "192.0.2.10"
+                made = c.post("/api/v1/forwards", json={"target_address": "10.9.0.5", "target_port": 22})
+                assert made.status_code == 201 and made.json()["external_address"] == "192.0.2.10", made.text
+            finally:
+                lg.stop()
