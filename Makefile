@@ -50,8 +50,13 @@ system-deps:
 run: deps
 	$(BIN)/labgate serve $(if $(CONFIG),--config $(CONFIG))
 
+# Every test on SQLite, then again on PostgreSQL (a throwaway server the tests start; PG_PASS=0 skips that pass).
+PG_TESTS ?= tests/unit tests/api tests/cli tests/kernel tests/openstack
+PG_PASS  ?= 1
 test: test-deps deps
 	LG_TEST_VIA_MAKE=1 $(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+	@if [ "$(PG_PASS)" != 0 ]; then echo "--- the same on PostgreSQL (LG_TEST_DATABASE=postgresql)"; \
+	  LG_TEST_VIA_MAKE=1 LG_TEST_DATABASE=postgresql $(BIN)/python -m pytest -ra $(PG_TESTS) $(PYTEST_ARGS); fi
 
 # As root: `make bench` (full, ~16 min) or `make bench BENCH_ARGS=--quick` (smoke run); results in bench/results/.
 bench: bench-deps deps

@@ -22,6 +22,67 @@ from labgate.service import Labgate
 from labgate.core.tokens import create_token
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# The database every test that does not need a particular one runs on: "sqlite" (a file per test) or
+# "postgresql" (a fresh database per test on one throwaway server for the whole run). `make test` runs the suite
+# on both (tests marked sqlite_only, about the SQLite file itself, only on SQLite).
+TEST_DATABASE = os.environ.get("LG_TEST_DATABASE", "sqlite")
+_postgres: list = []  # [the server's context manager, its URL] once started
+_databases: dict[tuple[str, str], str] = {}
+
+
+def database_url(tmp_path, name: str = "labgate.db") -> str:
+    """A fresh, empty database for one test: a SQLite file in tmp_path, or a new PostgreSQL database."""
+    if TEST_DATABASE == "sqlite":
+        return f"sqlite:///{tmp_path}/{name}"
+    if TEST_DATABASE != "postgresql":
+        raise RuntimeError(f"LG_TEST_DATABASE={TEST_DATABASE!r}: sqlite or postgresql")
+    # The same (folder, name) is the same database, as the same file would be: a test that restarts its server
+    # asks again.
+    key = (str(tmp_path), name)
+    if key not in _databases:
+        _databases[key] = fresh_postgres_database()
+    return _databases[key]
+
+
+def fresh_postgres_database() -> str:
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from tests.services.postgres import postgres_server
+
+    if not _postgres:
+        server = postgres_server(max_connections=2000)
+        url = make_url(server.__enter__())
+        _postgres[:] = [server, url]
+        # Every test's database is a copy of one migrated to head: a copy takes milliseconds, a migration seconds.
+        admin = create_engine(url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text('CREATE DATABASE "labgate_template"'))
+        admin.dispose()
+        from labgate.db.migrate import upgrade
+
+        template = create_engine(url.set(database="labgate_template"))
+        upgrade(template)
+        template.dispose()
+    base = _postgres[1]
+    name = "t_" + uuid.uuid4().hex[:16]
+    engine = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "labgate_template"'))
+    finally:
+        engine.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
+def stop_postgres() -> None:
+    """End the run's PostgreSQL server (pytest_sessionfinish)."""
+    if _postgres:
+        server, _ = _postgres
+        _postgres.clear()
+        server.__exit__(None, None, None)
 
 
 def require(ok: bool, reason: str) -> None:
@@ -106,3 +167,67 @@ def running_server(settings: Settings, *, api_only: bool = False) -> Iterator[Se
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+class RawConnection:
+    """Straight to a test's database, not through labgate: sqlite3 or psycopg behind one small sqlite3-like face
+    (`?` placeholders on both; `with con:` is one transaction, committed unless it raised)."""
+
+    def __init__(self, url: str, *, dict_rows: bool = False, timeout: float = 30) -> None:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(url)
+        self.postgres = parsed.get_backend_name() == "postgresql"
+        if self.postgres:
+            import psycopg
+            from psycopg.rows import dict_row, tuple_row
+
+            self.con = psycopg.connect(parsed.set(drivername="postgresql").render_as_string(hide_password=False),
+                                       row_factory=dict_row if dict_rows else tuple_row, connect_timeout=int(timeout))
+        else:
+            import sqlite3
+
+            self.con = sqlite3.connect(parsed.database, timeout=timeout)
+            if dict_rows:
+                self.con.row_factory = sqlite3.Row
+
+    def _sql(self, statement: str) -> str:
+        return statement.replace("?", "%s") if self.postgres else statement
+
+    def execute(self, statement: str, params=()):
+        if self.postgres:
+            cur = self.con.cursor()
+            cur.execute(self._sql(statement), tuple(params))
+            return cur if cur.description is not None else _NoRows()
+        return self.con.execute(statement, params)
+
+    def executemany(self, statement: str, rows) -> None:
+        if self.postgres:
+            self.con.cursor().executemany(self._sql(statement), [tuple(r) for r in rows])
+        else:
+            self.con.executemany(statement, rows)
+
+    def commit(self) -> None:
+        self.con.commit()
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "RawConnection":
+        return self
+
+    def __exit__(self, exc_type, *_exc) -> None:
+        if exc_type is None:
+            self.con.commit()
+        else:
+            self.con.rollback()
+
+
+class _NoRows(list):
+    """What a statement that returns no rows (UPDATE, DELETE) gives back, as sqlite3's cursor does: nothing."""
+
+    def fetchall(self) -> list:
+        return []
+
+    def fetchone(self) -> None:
+        return None

@@ -4,7 +4,6 @@ whole sync path runs while nothing here needs root or touches the real kernel.""
 
 from __future__ import annotations
 
-import sqlite3
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +15,7 @@ import pytest
 
 from labgate.config import GatewayConfig
 from tests.conftest import make_settings
-from tests.harness import Server, running_server
+from tests.harness import RawConnection, Server, running_server
 
 API = "/api/v1"
 FORWARDS = f"{API}/forwards"
@@ -28,8 +27,8 @@ def db_file(url: str) -> Path:
 
 
 def db_rows(url: str) -> dict[str, list[tuple]]:
-    """Every row of the tables the API writes, read straight from the SQLite file (not through labgate)."""
-    con = sqlite3.connect(db_file(url), timeout=30)
+    """Every row of the tables the API writes, read straight from the database (not through labgate)."""
+    con = RawConnection(url)
     try:
         return {
             "forwards": con.execute("SELECT * FROM forwards ORDER BY id").fetchall(),
@@ -42,7 +41,7 @@ def db_rows(url: str) -> dict[str, list[tuple]]:
 
 
 def db_count(url: str, table: str = "forwards") -> int:
-    con = sqlite3.connect(db_file(url), timeout=30)
+    con = RawConnection(url)
     try:
         return con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
     finally:
@@ -101,9 +100,10 @@ def api_for(url: str, gateways: list[GatewayConfig] | None = None) -> Iterator[A
 
 
 @pytest.fixture
-def api(sqlite_url: str) -> Iterator[Api]:
-    """A fresh server on a fresh database: gateway "default", 198.51.100.1, ports 4000-4100, 10.9.0.0/24."""
-    with api_for(sqlite_url) as a:
+def api(database_url: str) -> Iterator[Api]:
+    """A fresh server on a fresh database (SQLite, or PostgreSQL with LG_TEST_DATABASE=postgresql): gateway
+    "default", 198.51.100.1, ports 4000-4100, 10.9.0.0/24."""
+    with api_for(database_url) as a:
         yield a
 
 

@@ -4,7 +4,6 @@ after, in the transaction of the change; GET /api/v1/audit for admins; `audit` e
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import time
@@ -15,24 +14,25 @@ from labgate.config import FileSinkConfig
 from labgate.core.tokens import create_token
 from tests.api.conftest import FORWARDS, Api, api_for, assert_error, db_file, parse_time
 from tests.conftest import make_settings
-from tests.harness import running_server
+from tests.harness import RawConnection, running_server
 
 AUDIT = "/api/v1/audit"
 TOKENS = "/api/v1/tokens"
 
 
 def audit_rows(url: str) -> list[dict]:
-    """The audit table, read straight from the SQLite file (not through labgate)."""
-    con = sqlite3.connect(db_file(url), timeout=30)
-    con.row_factory = sqlite3.Row
+    """The audit table, read straight from the database (not through labgate)."""
+    con = RawConnection(url, dict_rows=True)
     try:
-        return [dict(r) for r in con.execute("SELECT * FROM audit ORDER BY id")]
+        # As SQLite stores them (text), whichever database: times as text, JSON columns as their JSON text.
+        return [{k: v.isoformat() if isinstance(v, datetime) else json.dumps(v) if isinstance(v, (dict, list))
+                 else v for k, v in dict(r).items()} for r in con.execute("SELECT * FROM audit ORDER BY id")]
     finally:
         con.close()
 
 
 def token_id_of(url: str, owner: str) -> int:
-    con = sqlite3.connect(db_file(url), timeout=30)
+    con = RawConnection(url)
     try:
         return con.execute("SELECT id FROM tokens WHERE owner = ? ORDER BY id LIMIT 1", (owner,)).fetchone()[0]
     finally:
@@ -161,9 +161,9 @@ def test_since_is_rfc_3339_text_only(api: Api) -> None:
         assert [e["action"] for e in entries(api, since=good, object_type="forward")] == ["forward.create"], good
 
 
-def test_audit_events_go_to_the_sinks(sqlite_url: str, tmp_path: Path) -> None:
+def test_audit_events_go_to_the_sinks(database_url: str, tmp_path: Path) -> None:
     events_file = tmp_path / "events.jsonl"
-    settings = make_settings(sqlite_url)
+    settings = make_settings(database_url)
     settings.sink = [FileSinkConfig(type="file", path=str(events_file))]
     with running_server(settings) as srv:
         root = srv.token("root", admin=True)
@@ -190,16 +190,16 @@ def test_audit_events_go_to_the_sinks(sqlite_url: str, tmp_path: Path) -> None:
     assert made["token"] not in events_file.read_text()
 
 
-def test_a_cli_token_change_is_recorded_though_the_process_ends_at_once(sqlite_url: str, tmp_path: Path) -> None:
+def test_a_cli_token_change_is_recorded_though_the_process_ends_at_once(database_url: str, tmp_path: Path) -> None:
     """`labgate token create` is a process with no event delivery at all: it exits right after the change. The
     record is in the database anyway, because it was written in the change's own transaction."""
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LABGATE_DATABASE": sqlite_url}
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LABGATE_DATABASE": database_url}
     done = subprocess.run([sys.executable, "-m", "labgate", "token", "create", "erin", "--role", "readonly"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     secret = done.stdout.strip()
-    [row] = audit_rows(sqlite_url)
+    [row] = audit_rows(database_url)
     assert row["action"] == "token.create" and row["actor"].startswith("local:") and row["token_id"] is None
     assert json.loads(row["after"])["owner"] == "erin" and secret not in json.dumps(row)
-    with api_for(sqlite_url) as api:
+    with api_for(database_url) as api:
         assert [e["action"] for e in entries(api, object_type="token")][0] == "token.create"

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
 from labgate.core.tokens import create_token, hash_token, list_tokens, revoke_token
 from tests.api.conftest import FORWARDS, Api, assert_error, db_file, db_rows
+from tests.harness import RawConnection
 
 
 def endpoints(fid: int) -> list[tuple[str, str, dict | None]]:
@@ -82,7 +81,7 @@ def test_a_revoked_token_is_refused_and_other_tokens_keep_working(api: Api) -> N
 
 
 def _token_id(api: Api, secret: str) -> int:
-    con = sqlite3.connect(db_file(api.url))
+    con = RawConnection(api.url)
     try:
         row = con.execute("SELECT id FROM tokens WHERE token_hash = ?", (hash_token(secret),)).fetchone()
     finally:
@@ -91,6 +90,7 @@ def _token_id(api: Api, secret: str) -> int:
     return row[0]
 
 
+@pytest.mark.sqlite_only  # about SQLite's own files and locks
 def test_tokens_are_stored_only_as_hashes(api: Api) -> None:
     secrets = dict(api.tokens)
     assert all(len(s) >= 32 for s in secrets.values())
@@ -139,7 +139,7 @@ def _table_rows(url: str, table: str) -> list[tuple]:
     """Every row of `table`; of tokens, every column but last_used_at (which a use of any token may move)."""
     columns = "id, owner, token_hash, role, created_at, created_by, expires_at, allowed_networks, revoked, " \
               "revoked_at" if table == "tokens" else "*"
-    con = sqlite3.connect(db_file(url), timeout=30)
+    con = RawConnection(url)
     try:
         return con.execute(f"SELECT {columns} FROM {table} ORDER BY id").fetchall()
     finally:

@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import sqlite3
 import time
 import uuid
 import warnings
@@ -27,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from labgate.config import CompatConfig, ConfigError, GatewayConfig, ServerConfig, Settings, load_settings
 from tests.api.conftest import FORWARDS, Api, db_count, db_file, db_rows, gw
-from tests.harness import Server, running_server
+from tests.harness import RawConnection, Server, running_server
 
 PORTMAP = "/api/1/ipam/portmap"
 ADDR = "/api/1/ipam/addr"
@@ -173,17 +172,17 @@ def vlab_server(url: str, keys: Keys, compat: CompatConfig,
 
 
 @pytest.fixture
-def vlab(sqlite_url: str, keys: Keys) -> Iterator[Vlab]:
+def vlab(database_url: str, keys: Keys) -> Iterator[Vlab]:
     """HS256 shared secret, issuer checked, gateway "default" at 198.51.100.1, ports 4000-4100, 10.9.0.0/24."""
-    with vlab_server(sqlite_url, keys, hs_compat(keys)) as v:
+    with vlab_server(database_url, keys, hs_compat(keys)) as v:
         yield v
 
 
 @pytest.fixture
-def vlab_rs(sqlite_url: str, keys: Keys) -> Iterator[Vlab]:
+def vlab_rs(database_url: str, keys: Keys) -> Iterator[Vlab]:
     compat = CompatConfig(vlab_enabled=True, jwt_algorithm="RS256", jwt_key_file=str(keys.rs_file),
                           jwt_issuer=ISSUER)
-    with vlab_server(sqlite_url, keys, compat) as v:
+    with vlab_server(database_url, keys, compat) as v:
         yield v
 
 
@@ -467,7 +466,7 @@ def test_addr_lookup_routable_follows_the_health_checks(vlab: Vlab) -> None:
                        ("10.9.0.9", "m1"), ("10.9.0.10", "m1")):
         map_port(cli, addr, 22, name, "CentOS")
     states = {"10.9.0.5": "up", "10.9.0.15": "down", "10.9.0.7": "up", "10.9.0.9": "up", "10.9.0.10": "unknown"}
-    con = sqlite3.connect(db_file(vlab.url), timeout=30)
+    con = RawConnection(vlab.url)
     try:
         with con:
             con.executemany("INSERT INTO address_health (gateway, address, state, failures) VALUES (?, ?, ?, 0)",
@@ -678,8 +677,8 @@ def test_rs256_public_key_and_no_algorithm_confusion(vlab_rs: Vlab) -> None:
     assert db_count(vlab_rs.url) == 1
 
 
-def test_owner_claim_is_configurable(sqlite_url: str, keys: Keys) -> None:
-    with vlab_server(sqlite_url, keys, hs_compat(keys, owner_claim="sub")) as v:
+def test_owner_claim_is_configurable(database_url: str, keys: Keys) -> None:
+    with vlab_server(database_url, keys, hs_compat(keys, owner_claim="sub")) as v:
         cli = v.cli("x", jwt.encode(claims(None, sub="carol"), keys.hs_secret, algorithm="HS256"))
         port = map_port(cli, "10.9.0.5", 22, "c1", "CentOS")
         # a token without the configured claim is refused even if it carries "username"
@@ -797,9 +796,9 @@ def test_extra_fields_are_ignored_like_the_originals_schema(vlab: Vlab) -> None:
     assert vlab.v1("bob").get(FORWARDS).json()["count"] == 0
 
 
-def test_full_range_is_409_in_the_envelope(sqlite_url: str, keys: Keys) -> None:
+def test_full_range_is_409_in_the_envelope(database_url: str, keys: Keys) -> None:
     small = [gw("default", external_address=GATEWAY_IP, port_range=["4000-4001"])]
-    with vlab_server(sqlite_url, keys, hs_compat(keys), small) as v:
+    with vlab_server(database_url, keys, hs_compat(keys), small) as v:
         cli = v.cli("alice")
         assert [map_port(cli, "10.9.0.5", p, "c1", "CentOS") for p in (22, 443)] == [4000, 4001]
         failed(cli.post(PORTMAP, json={**GOOD, "target_port": 3389}), 409, "no free")
@@ -853,11 +852,11 @@ def test_shapes_vlab_clients_cannot_handle_stay_out_of_their_view(vlab: Vlab) ->
     assert lg.get(FORWARDS).json()["count"] == 3
 
 
-def test_compat_acts_on_the_configured_gateway(sqlite_url: str, keys: Keys) -> None:
+def test_compat_acts_on_the_configured_gateway(database_url: str, keys: Keys) -> None:
     gateways = [gw("lab1", external_address="198.51.100.1", target_networks=["10.9.0.0/24"]),
                 gw("lab2", external_address="198.51.100.2", port_range=["5000-5010"],
                    target_networks=["10.10.0.0/24"])]
-    with vlab_server(sqlite_url, keys, hs_compat(keys, gateway="lab2"), gateways) as v:
+    with vlab_server(database_url, keys, hs_compat(keys, gateway="lab2"), gateways) as v:
         cli = v.cli("alice")
         port = map_port(cli, "10.10.0.5", 22, "c1", "CentOS")
         assert port == 5000

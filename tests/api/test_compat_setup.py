@@ -58,10 +58,10 @@ def settings(url: str, key_file: Path, **server: str) -> Settings:
                                         jwt_issuer=ISSUER))
 
 
-def test_vlab_key_file_with_a_trailing_newline_verifies_vlab_tokens(sqlite_url: str, tmp_path: Path) -> None:
+def test_vlab_key_file_with_a_trailing_newline_verifies_vlab_tokens(database_url: str, tmp_path: Path) -> None:
     key_file = echo_key_file(tmp_path)
     as_vlab_reads_it = key_file.read_bytes()  # vlab-auth-service signs with the file's text exactly as read
-    with running_server(settings(sqlite_url, key_file)) as srv:
+    with running_server(settings(database_url, key_file)) as srv:
         good = jwt.encode(claims("alice"), as_vlab_reads_it, algorithm="HS256")
         other = jwt.encode(claims("alice"), as_vlab_reads_it.rstrip(b"\n"), algorithm="HS256")
         with httpx.Client(base_url=srv.url, headers={"User-Agent": CLI_AGENT}) as c:
@@ -70,11 +70,11 @@ def test_vlab_key_file_with_a_trailing_newline_verifies_vlab_tokens(sqlite_url: 
             assert c.get("/api/1/ipam/portmap", headers={"X-Auth": other}).status_code == 401
 
 
-def test_vlab_api_over_labgates_own_https(sqlite_url: str, tmp_path: Path) -> None:
+def test_vlab_api_over_labgates_own_https(database_url: str, tmp_path: Path) -> None:
     key_file = echo_key_file(tmp_path)
     cert, key = self_signed(tmp_path)
     token = jwt.encode(claims("alice"), key_file.read_bytes(), algorithm="HS256")
-    with running_server(settings(sqlite_url, key_file, tls_cert_file=str(cert), tls_key_file=str(key))) as srv:
+    with running_server(settings(database_url, key_file, tls_cert_file=str(cert), tls_key_file=str(key))) as srv:
         assert srv.url.startswith("https://")
         trust = ssl.create_default_context(cafile=str(cert))
         with httpx.Client(base_url=srv.url, verify=trust, headers={"X-Auth": token, "User-Agent": CLI_AGENT}) as c:

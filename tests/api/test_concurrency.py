@@ -13,8 +13,8 @@ from tests.api.conftest import FORWARDS, api_for, db_count, db_rows, gw
 CLIENTS = 200
 
 
-def test_200_parallel_creates_on_a_101_port_range(sqlite_url: str) -> None:
-    with api_for(sqlite_url, [gw(port_range=["4000-4100"])]) as api:
+def test_200_parallel_creates_on_a_101_port_range(database_url: str) -> None:
+    with api_for(database_url, [gw(port_range=["4000-4100"])]) as api:
         token = api.tokens["alice"]
         start = threading.Barrier(CLIENTS)
 
@@ -40,8 +40,8 @@ def test_200_parallel_creates_on_a_101_port_range(sqlite_url: str) -> None:
         assert len({f["id"] for f in created}) == 101
 
         # the database holds exactly the winners, each with exactly its one port
-        assert db_count(sqlite_url, "forwards") == 101
-        rows = db_rows(sqlite_url)
+        assert db_count(database_url, "forwards") == 101
+        rows = db_rows(database_url)
         assert sorted((r[2], r[3]) for r in rows["port_allocations"]) == sorted(
             (f["external_port"], f["id"]) for f in created)
         listed = api.alice.get(FORWARDS, params={"limit": 1000}).json()

@@ -138,8 +138,8 @@ def test_port_blocks_are_consecutive_and_never_overlap(api: Api) -> None:
     assert api.create(port_count=3, target_port=7000)["external_port"] == 4001
 
 
-def test_a_block_must_fit_inside_one_range(sqlite_url: str) -> None:
-    with api_for(sqlite_url, [gw(port_range=["4000-4002", "5000-5009"])]) as api:
+def test_a_block_must_fit_inside_one_range(database_url: str) -> None:
+    with api_for(database_url, [gw(port_range=["4000-4002", "5000-5009"])]) as api:
         first = api.create(port_count=4)
         assert first["external_port"] == 5000, "a 4-port block does not fit in 4000-4002"
         assert api.create(port_count=3)["external_port"] == 4000
@@ -157,8 +157,8 @@ def test_a_block_needs_room_on_the_target_side_too(api: Api) -> None:
     assert api.create(target_port=65534, port_count=2)["port_count"] == 2
 
 
-def test_409_range_exhausted_when_full_per_protocol(sqlite_url: str) -> None:
-    with api_for(sqlite_url, [gw(port_range=["4000-4004"])]) as api:
+def test_409_range_exhausted_when_full_per_protocol(database_url: str) -> None:
+    with api_for(database_url, [gw(port_range=["4000-4004"])]) as api:
         made = [api.create(target_address=f"10.9.0.{i}")["external_port"] for i in range(1, 6)]
         assert made == [4000, 4001, 4002, 4003, 4004]
         before = db_rows(api.url)
@@ -179,8 +179,8 @@ def test_409_range_exhausted_when_full_per_protocol(sqlite_url: str) -> None:
                      "range_exhausted")
 
 
-def test_a_block_larger_than_the_free_space_is_refused_but_single_ports_still_fit(sqlite_url: str) -> None:
-    with api_for(sqlite_url, [gw(port_range=["4000-4009"])]) as api:
+def test_a_block_larger_than_the_free_space_is_refused_but_single_ports_still_fit(database_url: str) -> None:
+    with api_for(database_url, [gw(port_range=["4000-4009"])]) as api:
         api.create(external_port=4003)
         api.create(external_port=4007)
         # free: 4000-4002 (3), 4004-4006 (3), 4008-4009 (2): no 4-block anywhere
@@ -192,14 +192,14 @@ def test_a_block_larger_than_the_free_space_is_refused_but_single_ports_still_fi
 
 
 @pytest.mark.parametrize("count", [1, 5])
-def test_explicit_port_in_a_second_range(sqlite_url: str, count: int) -> None:
-    with api_for(sqlite_url, [gw(port_range=["4000-4009", "50000-50100"])]) as api:
+def test_explicit_port_in_a_second_range(database_url: str, count: int) -> None:
+    with api_for(database_url, [gw(port_range=["4000-4009", "50000-50100"])]) as api:
         fwd = api.create(external_port=50096, port_count=count)
         assert fwd["external_port"] == 50096 and fwd["port_count"] == count
 
 
-def test_target_may_not_be_the_gateways_own_external_address(sqlite_url: str) -> None:
-    with api_for(sqlite_url, [gw(external_address="10.9.0.1")]) as api:
+def test_target_may_not_be_the_gateways_own_external_address(database_url: str) -> None:
+    with api_for(database_url, [gw(external_address="10.9.0.1")]) as api:
         assert_error(api.alice.post(FORWARDS, json={"target_address": "10.9.0.1", "target_port": 22}), 422,
                      "invalid", "target_address")
         fwd = api.create(target_address="10.9.0.2")

@@ -54,8 +54,8 @@ def assert_blocked(resp: httpx.Response, window: float = WINDOW) -> str:
     return err["message"]
 
 
-def test_an_address_with_too_many_refused_tokens_is_refused_unchecked(sqlite_url: str) -> None:
-    with server_for(make_settings(sqlite_url)) as srv, ExitStack() as stack:
+def test_an_address_with_too_many_refused_tokens_is_refused_unchecked(database_url: str) -> None:
+    with server_for(make_settings(database_url)) as srv, ExitStack() as stack:
         alice = srv.token("alice")
         metrics = srv.token("scraper")
         guesser = stack.enter_context(from_address(srv, "127.0.0.2"))
@@ -89,8 +89,8 @@ def _forwards(srv: Server) -> list[dict]:
         return resp.json()["results"]
 
 
-def test_successes_do_not_count_and_metrics_failures_do(sqlite_url: str) -> None:
-    with server_for(make_settings(sqlite_url)) as srv, from_address(srv, "127.0.0.4") as c:
+def test_successes_do_not_count_and_metrics_failures_do(database_url: str) -> None:
+    with server_for(make_settings(database_url)) as srv, from_address(srv, "127.0.0.4") as c:
         alice = srv.token("alice")
         for _ in range(5):
             assert c.get(FORWARDS, headers=bearer(alice)).status_code == 200
@@ -102,18 +102,18 @@ def test_successes_do_not_count_and_metrics_failures_do(sqlite_url: str) -> None
         assert_blocked(c.get(FORWARDS, headers=bearer(alice)))
 
 
-def test_a_token_used_from_outside_its_networks_counts_as_a_failure(sqlite_url: str) -> None:
+def test_a_token_used_from_outside_its_networks_counts_as_a_failure(database_url: str) -> None:
     from labgate.core.tokens import create_token
 
-    with server_for(make_settings(sqlite_url), limit=2) as srv, from_address(srv, "127.0.0.5") as c:
+    with server_for(make_settings(database_url), limit=2) as srv, from_address(srv, "127.0.0.5") as c:
         bound = create_token(srv.labgate.db, "alice", allowed_networks=["203.0.113.0/24"])
         for _ in range(2):
             assert_error(c.get(FORWARDS, headers=bearer(bound)), 401, "unauthorized")
         assert_blocked(c.get(FORWARDS, headers=bearer(srv.token("alice"))))
 
 
-def test_the_block_ends_with_the_window(sqlite_url: str) -> None:
-    with server_for(make_settings(sqlite_url), limit=1, window=1.0) as srv, from_address(srv, "127.0.0.6") as c:
+def test_the_block_ends_with_the_window(database_url: str) -> None:
+    with server_for(make_settings(database_url), limit=1, window=1.0) as srv, from_address(srv, "127.0.0.6") as c:
         alice = srv.token("alice")
         assert_error(c.get(FORWARDS, headers=bearer(WRONG)), 401, "unauthorized")
         assert_blocked(c.get(FORWARDS, headers=bearer(alice)), window=1.0)
@@ -127,8 +127,8 @@ def test_the_block_ends_with_the_window(sqlite_url: str) -> None:
         assert_blocked(c.get(FORWARDS, headers=bearer(alice)), window=1.0)
 
 
-def test_vlab_logins_are_limited_too(sqlite_url: str, keys: Keys) -> None:  # noqa: F811 - the fixture
-    settings = compat_settings(sqlite_url, hs_compat(keys), [gw("default", external_address="198.51.100.1")])
+def test_vlab_logins_are_limited_too(database_url: str, keys: Keys) -> None:  # noqa: F811 - the fixture
+    settings = compat_settings(database_url, hs_compat(keys), [gw("default", external_address="198.51.100.1")])
     with server_for(settings) as srv, from_address(srv, "127.0.0.7") as c:
         good = jwt.encode(claims("alice"), keys.hs_secret, algorithm="HS256")
         forged = jwt.encode(claims("alice"), b"x" * 64, algorithm="HS256")
@@ -150,8 +150,8 @@ def test_vlab_logins_are_limited_too(sqlite_url: str, keys: Keys) -> None:  # no
         assert_blocked(c.get(FORWARDS, headers=bearer(srv.token("alice"))))
 
 
-def test_zero_turns_it_off(sqlite_url: str) -> None:
-    with server_for(make_settings(sqlite_url), limit=0) as srv, from_address(srv, "127.0.0.8") as c:
+def test_zero_turns_it_off(database_url: str) -> None:
+    with server_for(make_settings(database_url), limit=0) as srv, from_address(srv, "127.0.0.8") as c:
         for _ in range(30):
             assert_error(c.get(FORWARDS, headers=bearer(WRONG)), 401, "unauthorized")
         assert c.get(FORWARDS, headers=bearer(srv.token("alice"))).status_code == 200

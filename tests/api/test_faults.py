@@ -40,6 +40,9 @@ from tests.api.conftest import FORWARDS, Api
 from tests.conftest import make_settings
 from tests.harness import running_server
 
+# The faults of a SQLite file (read-only, deleted, full): on SQLite only.
+pytestmark = pytest.mark.sqlite_only
+
 T = TypeVar("T")
 
 EXT = "198.51.100.1"

@@ -4,6 +4,8 @@ runs): the token before the body, body limits, per-token rate limits, header/bod
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import datetime
 import ipaddress
@@ -90,8 +92,8 @@ def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
 
 # --- the token before the body; body limits --------------------------------------------------------------------
 
-def test_unauthenticated_post_is_answered_401_before_its_body_is_sent(sqlite_url: str) -> None:
-    with server_with(sqlite_url) as srv, connect(srv) as sock:
+def test_unauthenticated_post_is_answered_401_before_its_body_is_sent(database_url: str) -> None:
+    with server_with(database_url) as srv, connect(srv) as sock:
         size = 50 * 1024 * 1024
         sock.sendall(f"POST {FORWARDS} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      f"Content-Length: {size}\r\n\r\n".encode() + b"{" + b" " * 1000)
@@ -102,8 +104,8 @@ def test_unauthenticated_post_is_answered_401_before_its_body_is_sent(sqlite_url
         assert httpx.Response(401, content=body).json()["error"]["code"] == "unauthorized"
 
 
-def test_bodies_over_the_limit_are_413_and_normal_ones_pass(sqlite_url: str) -> None:
-    with server_with(sqlite_url, max_body_bytes=4096) as srv:
+def test_bodies_over_the_limit_are_413_and_normal_ones_pass(database_url: str) -> None:
+    with server_with(database_url, max_body_bytes=4096) as srv:
         token = srv.token("alice")
         auth = f"Authorization: Bearer {token}\r\n"
         # Content-Length over the limit: 413 before a byte of the body is sent.
@@ -129,9 +131,9 @@ def test_bodies_over_the_limit_are_413_and_normal_ones_pass(sqlite_url: str) -> 
             assert resp.status_code == 201, resp.text
 
 
-def test_an_early_answer_leaves_the_connection_usable(sqlite_url: str) -> None:
+def test_an_early_answer_leaves_the_connection_usable(database_url: str) -> None:
     """After a 401 sent before the body, the rest of the body is read and dropped; the connection goes on."""
-    with server_with(sqlite_url) as srv, connect(srv) as sock:
+    with server_with(database_url) as srv, connect(srv) as sock:
         body = b"x" * 300_000
         sock.sendall(f"POST {FORWARDS} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode())
         assert read_answer(sock)[0] == 401
@@ -142,9 +144,9 @@ def test_an_early_answer_leaves_the_connection_usable(sqlite_url: str) -> None:
 
 # --- per-token rate limit ------------------------------------------------------------------------------------------
 
-def test_a_token_over_its_rate_gets_429_with_retry_after(sqlite_url: str) -> None:
+def test_a_token_over_its_rate_gets_429_with_retry_after(database_url: str) -> None:
     # 0.001 a second: the bucket does not refill during the test, so exactly `burst` requests pass.
-    with server_with(sqlite_url, rate_limit=0.001, rate_limit_burst=3) as srv:
+    with server_with(database_url, rate_limit=0.001, rate_limit_burst=3) as srv:
         alice, bob = srv.token("alice"), srv.token("bob")
         with srv.client(alice) as a, srv.client(bob) as b:
             assert [a.get(FORWARDS).status_code for _ in range(3)] == [200, 200, 200]
@@ -160,15 +162,15 @@ def test_a_token_over_its_rate_gets_429_with_retry_after(sqlite_url: str) -> Non
             assert srv.client().__enter__().get("/healthz").status_code == 200
 
 
-def test_rate_limit_zero_is_off(sqlite_url: str) -> None:
-    with server_with(sqlite_url, rate_limit=0, rate_limit_burst=1) as srv, srv.client(srv.token("alice")) as c:
+def test_rate_limit_zero_is_off(database_url: str) -> None:
+    with server_with(database_url, rate_limit=0, rate_limit_burst=1) as srv, srv.client(srv.token("alice")) as c:
         assert {c.get(FORWARDS).status_code for _ in range(5)} == {200}
 
 
 # --- deadlines and the connection bound ----------------------------------------------------------------------------
 
-def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(sqlite_url: str) -> None:
-    with server_with(sqlite_url, header_timeout=0.5) as srv:
+def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(database_url: str) -> None:
+    with server_with(database_url, header_timeout=0.5) as srv:
         with connect(srv) as idle:
             assert read_until_closed(idle) == b""
         with connect(srv) as slow:
@@ -180,8 +182,8 @@ def test_a_connection_that_sends_nothing_is_closed_after_the_header_timeout(sqli
             assert c.get("/healthz").status_code == 200
 
 
-def test_a_body_that_stalls_is_dropped_after_the_body_timeout(sqlite_url: str) -> None:
-    with server_with(sqlite_url, body_timeout=0.5) as srv:
+def test_a_body_that_stalls_is_dropped_after_the_body_timeout(database_url: str) -> None:
+    with server_with(database_url, body_timeout=0.5) as srv:
         token = srv.token("alice")
         with connect(srv) as sock:
             sock.sendall(f"POST {FORWARDS} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
@@ -191,8 +193,8 @@ def test_a_body_that_stalls_is_dropped_after_the_body_timeout(sqlite_url: str) -
             assert c.get(FORWARDS).json()["count"] == 0  # nothing was created from half a body
 
 
-def test_connections_beyond_the_bound_get_503_and_room_comes_back(sqlite_url: str) -> None:
-    with server_with(sqlite_url, max_connections=4, header_timeout=120) as srv:
+def test_connections_beyond_the_bound_get_503_and_room_comes_back(database_url: str) -> None:
+    with server_with(database_url, max_connections=4, header_timeout=120) as srv:
         held = [connect(srv) for _ in range(4)]
         try:
             # The server accepts in order: the fifth finds four counted and is refused at once.
@@ -274,9 +276,9 @@ def silent_pair(srv: Server) -> list[socket.socket]:
     raise AssertionError("the server never held two silent connections")
 
 
-def test_tls_handshakes_count_against_the_bound_and_time_out(sqlite_url: str, tmp_path: Path) -> None:
+def test_tls_handshakes_count_against_the_bound_and_time_out(database_url: str, tmp_path: Path) -> None:
     cert, key, der = write_certificate(tmp_path / "tls")
-    with server_with(sqlite_url, tls_cert_file=str(cert), tls_key_file=str(key), max_connections=2,
+    with server_with(database_url, tls_cert_file=str(cert), tls_key_file=str(key), max_connections=2,
                      header_timeout=120) as srv:
         assert served_certificate(port_of(srv)) == der
         stuck = silent_pair(srv)  # TCP connected, never a ClientHello, both counted by the server
@@ -303,16 +305,16 @@ def test_tls_handshakes_count_against_the_bound_and_time_out(sqlite_url: str, tm
                     threading.Event().wait(0.05)
             assert resp.status_code == 200
             assert resp.headers["strict-transport-security"].startswith("max-age=")
-    with server_with(sqlite_url, tls_cert_file=str(cert), tls_key_file=str(key), header_timeout=0.5) as srv:
+    with server_with(database_url, tls_cert_file=str(cert), tls_key_file=str(key), header_timeout=0.5) as srv:
         with connect(srv) as silent:
             assert read_until_closed(silent) == b""  # no ClientHello within header_timeout: closed
 
 
-def test_a_request_sent_with_the_tls_finished_message_is_answered(sqlite_url: str, tmp_path: Path) -> None:
+def test_a_request_sent_with_the_tls_finished_message_is_answered(database_url: str, tmp_path: Path) -> None:
     """The client's last handshake message and its request in one segment: the request arrives while the
     connection is still being handed to the HTTP side, and must not be lost."""
     cert, key, _ = write_certificate(tmp_path / "tls")
-    with server_with(sqlite_url, tls_cert_file=str(cert), tls_key_file=str(key)) as srv, connect(srv) as sock:
+    with server_with(database_url, tls_cert_file=str(cert), tls_key_file=str(key)) as srv, connect(srv) as sock:
         ctx = ssl.create_default_context()
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -361,6 +363,7 @@ async def _pool_size() -> int:
     return int(anyio.to_thread.current_default_thread_limiter().total_tokens)
 
 
+@pytest.mark.sqlite_only  # about SQLite's own files and locks
 def test_healthz_answers_while_the_thread_pool_is_saturated(sqlite_url: str) -> None:
     pool = anyio.run(_pool_size)
     creates = 300
@@ -404,8 +407,8 @@ def test_healthz_answers_while_the_thread_pool_is_saturated(sqlite_url: str) -> 
 
 # --- 405, OpenAPI, security headers, docs --------------------------------------------------------------------------
 
-def test_405_names_every_method_of_the_path(sqlite_url: str) -> None:
-    with server_with(sqlite_url) as srv, srv.client(srv.token("alice")) as c:
+def test_405_names_every_method_of_the_path(database_url: str) -> None:
+    with server_with(database_url) as srv, srv.client(srv.token("alice")) as c:
         resp = c.post(f"{FORWARDS}/1")
         assert_error(resp, 405, "method_not_allowed")
         assert set(resp.headers["allow"].split(", ")) >= {"GET", "PATCH", "DELETE"}
@@ -414,8 +417,8 @@ def test_405_names_every_method_of_the_path(sqlite_url: str) -> None:
         assert set(resp.headers["allow"].split(", ")) >= {"GET", "POST"}
 
 
-def test_openapi_documents_401_413_429_on_every_authenticated_operation(sqlite_url: str) -> None:
-    with server_with(sqlite_url) as srv, srv.client() as c:
+def test_openapi_documents_401_413_429_on_every_authenticated_operation(database_url: str) -> None:
+    with server_with(database_url) as srv, srv.client() as c:
         spec = c.get("/openapi.json").json()
     authenticated = [(path, method, op) for path, item in spec["paths"].items() for method, op in item.items()
                      if isinstance(op, dict) and op.get("security")]
@@ -428,9 +431,9 @@ def test_openapi_documents_401_413_429_on_every_authenticated_operation(sqlite_u
     assert "401" not in spec["paths"]["/healthz"]["get"]["responses"]
 
 
-def test_security_headers_on_every_answer_and_docs_still_load(sqlite_url: str) -> None:
+def test_security_headers_on_every_answer_and_docs_still_load(database_url: str) -> None:
     common = {"x-content-type-options": "nosniff", "x-frame-options": "DENY", "referrer-policy": "no-referrer"}
-    with server_with(sqlite_url) as srv, srv.client() as anon, srv.client(srv.token("alice")) as alice:
+    with server_with(database_url) as srv, srv.client() as anon, srv.client(srv.token("alice")) as alice:
         answers = [alice.get(FORWARDS), anon.get(FORWARDS), anon.get("/healthz"), alice.post(f"{FORWARDS}/1"),
                    alice.get(f"{FORWARDS}/999"), anon.get("/openapi.json")]
         for resp in answers:

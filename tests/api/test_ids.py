@@ -3,7 +3,6 @@ kernel change and its commit (design.md, "The nftables shape")."""
 
 from __future__ import annotations
 
-import sqlite3
 
 import httpx
 from sqlalchemy import event
@@ -12,7 +11,7 @@ from sqlalchemy.orm import Session
 from labgate.db.models import Forward
 from tests.api.conftest import FORWARDS, Api, assert_error, db_count, db_file, gw
 from tests.conftest import make_settings
-from tests.harness import running_server
+from tests.harness import RawConnection, running_server
 
 
 def test_a_create_that_never_committed_does_not_give_its_id_to_the_next_forward(api: Api) -> None:
@@ -56,19 +55,23 @@ def test_ids_are_not_reused_after_a_delete(api: Api) -> None:
 
 
 def sequence(url: str) -> dict[str, int]:
-    """SQLite's AUTOINCREMENT counters, read straight from the file."""
-    con = sqlite3.connect(db_file(url), timeout=30)
+    """The id counters, read straight from the database: SQLite's AUTOINCREMENT counters, PostgreSQL's sequences
+    (by table name)."""
+    con = RawConnection(url)
     try:
-        return dict(con.execute("SELECT name, seq FROM sqlite_sequence"))
+        if con.postgres:
+            return {name.removesuffix("_id_seq"): value for name, value in con.execute(
+                "SELECT sequencename, last_value FROM pg_sequences WHERE last_value IS NOT NULL").fetchall()}
+        return dict(con.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
     finally:
         con.close()
 
 
-def test_a_refused_create_takes_no_id(sqlite_url: str) -> None:
+def test_a_refused_create_takes_no_id(database_url: str) -> None:
     """A create refused with 409 (port_taken, range_exhausted, quota_exceeded) changes nothing, not even the id
     counter: the next forward made gets the id right after the last one. (Ids are connection marks, a finite space
     refused requests must not use up.)"""
-    settings = make_settings(sqlite_url, gateways=[gw(port_range=["4000-4003"])])
+    settings = make_settings(database_url, gateways=[gw(port_range=["4000-4003"])])
     settings.limits.forwards_per_owner = 2
     with running_server(settings) as srv, srv.client(srv.token("alice")) as alice, \
             srv.client(srv.token("bob")) as bob:
@@ -77,17 +80,17 @@ def test_a_refused_create_takes_no_id(sqlite_url: str) -> None:
 
         first = create(alice, external_port=4000)
         assert first.status_code == 201, first.text
-        counters = sequence(sqlite_url)
+        counters = sequence(database_url)
         assert_error(create(bob, external_port=4000), 409, "port_taken")
         assert_error(create(bob, port_count=4), 409, "range_exhausted")
-        assert sequence(sqlite_url) == counters
+        assert sequence(database_url) == counters
         second = create(alice, port_count=2)
         assert second.status_code == 201, second.text
         assert second.json()["id"] == first.json()["id"] + 1
-        counters = sequence(sqlite_url)
+        counters = sequence(database_url)
         assert_error(create(alice), 409, "quota_exceeded")
         assert_error(create(bob, external_port=4002, port_count=2), 409, "port_taken")
-        assert sequence(sqlite_url) == counters
+        assert sequence(database_url) == counters
         third = create(bob)
         assert third.status_code == 201, third.text
         assert third.json()["id"] == second.json()["id"] + 1

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from contextlib import ExitStack
 
 import pytest
@@ -11,15 +10,15 @@ import pytest
 from labgate.config import GatewayConfig
 from tests.api.conftest import FORWARDS
 from tests.conftest import make_settings
-from tests.harness import running_server
+from tests.harness import RawConnection, running_server
 
 LIMITS = "/api/v1/limits"
 AUDIT = "/api/v1/audit"
 
 
 @pytest.fixture
-def srv(sqlite_url):
-    settings = make_settings(sqlite_url, gateways=[GatewayConfig(
+def srv(database_url):
+    settings = make_settings(database_url, gateways=[GatewayConfig(
         name="default", external_address="198.51.100.1", port_range=["4000-4999"], target_networks=["10.9.0.0/24"])])
     settings.limits.forwards_per_owner = 3
     settings.limits.ports_per_owner = 6
@@ -107,7 +106,7 @@ def test_limit_changes_are_audited(srv):
     assert c["alice"].put(f"{LIMITS}/alice", json={"forwards": 100}).status_code == 403
     assert c["root"].put(f"{LIMITS}/alice", json={"forwards": -1}).status_code == 422
     got = limit_entries()
-    con = sqlite3.connect(server.labgate.db.path, timeout=30)
+    con = RawConnection(server.labgate.settings.server.database)
     try:
         [(root_token,)] = con.execute("SELECT id FROM tokens WHERE owner = 'root'").fetchall()
     finally:

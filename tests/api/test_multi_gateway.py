@@ -10,8 +10,8 @@ from tests.api.conftest import FORWARDS, Api, api_for, assert_error, db_rows, gw
 
 
 @pytest.fixture
-def two(sqlite_url: str) -> Iterator[Api]:
-    with api_for(sqlite_url, [
+def two(database_url: str) -> Iterator[Api]:
+    with api_for(database_url, [
         gw("lab1", external_address="198.51.100.1", port_range=["4000-4002"], target_networks=["10.9.0.0/24"]),
         gw("lab2", external_address="198.51.100.2", port_range=["4000-4009"], target_networks=["10.10.0.0/24"]),
     ]) as api:

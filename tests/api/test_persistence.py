@@ -5,9 +5,9 @@ from __future__ import annotations
 from tests.api.conftest import FORWARDS, api_for, assert_error, db_rows, gw
 
 
-def test_restart_keeps_forwards_ports_tokens_and_ids(sqlite_url: str) -> None:
+def test_restart_keeps_forwards_ports_tokens_and_ids(database_url: str) -> None:
     gateways = [gw(port_range=["4000-4005"])]
-    with api_for(sqlite_url, gateways) as first:
+    with api_for(database_url, gateways) as first:
         a = first.create(name="centos1", kind="centos", allowed_sources=["203.0.113.0/24"], description="keep me")
         b = first.create(port_count=2, target_port=5900, enabled=False)                     # 4001-4002
         c = first.create(protocol="udp", external_port=4003)
@@ -16,11 +16,11 @@ def test_restart_keeps_forwards_ports_tokens_and_ids(sqlite_url: str) -> None:
         assert first.alice.delete(f"{FORWARDS}/{gone['id']}").status_code == 204
         tokens = first.tokens
         listed_before = first.admin.get(FORWARDS).json()
-        rows_before = db_rows(sqlite_url)
+        rows_before = db_rows(database_url)
     assert rows_before["forwards"], "the first server wrote to the file"
 
-    with api_for(sqlite_url, gateways) as second:
-        assert db_rows(sqlite_url) == rows_before
+    with api_for(database_url, gateways) as second:
+        assert db_rows(database_url) == rows_before
         # the old tokens still work on the new server
         old = second.server.client(tokens["alice"])
         try:

@@ -8,16 +8,18 @@ import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import httpx
+import pytest
 
 from labgate.core.tokens import authenticate, create_token, hash_token, last_used
 from tests.api.conftest import FORWARDS, Api, assert_error, db_file, parse_time
+from tests.harness import RawConnection
 
 TOKENS = "/api/v1/tokens"
 
 
 def sql(api: Api, statement: str, *args: object) -> list[tuple]:
-    """Read or change the SQLite file directly (not through labgate)."""
-    con = sqlite3.connect(db_file(api.url), timeout=30)
+    """Read or change the database directly (not through labgate)."""
+    con = RawConnection(api.url)
     try:
         rows = con.execute(statement, args).fetchall()
         con.commit()
@@ -194,6 +196,7 @@ def test_last_used_at_is_recorded_at_most_once_a_minute(api: Api) -> None:
         assert parse_time(token_row(api, made["id"])["last_used_at"]) > long_ago
 
 
+@pytest.mark.sqlite_only  # SQLite's one write lock, held by the test
 def test_recording_last_use_never_makes_a_request_wait_for_the_write_lock(api: Api) -> None:
     made = api.admin.post(TOKENS, json={"owner": "carol"}).json()
     last_used.drain()

@@ -23,7 +23,7 @@ import pytest
 
 from labgate.config import GatewayConfig
 from tests.conftest import make_settings
-from tests.harness import Server, free_port, running_server
+from tests.harness import Server, database_url, free_port, running_server
 
 FORWARDS = "/api/v1/forwards"
 EXTERNAL = "198.51.100.1"
@@ -96,8 +96,7 @@ def lab_for(db_url: str, gateways: list[GatewayConfig] | None = None) -> Iterato
 
 @pytest.fixture(scope="module")
 def shared_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    db = tmp_path_factory.mktemp("labgate-db") / "labgate.db"
-    with lab_for(f"sqlite:///{db}") as a:
+    with lab_for(database_url(tmp_path_factory.mktemp("labgate-db"))) as a:
         yield a
 
 

@@ -5,6 +5,7 @@ real server: table output for people, `-o json` for scripts, and exit codes that
 from __future__ import annotations
 
 from tests.cli.conftest import EXTERNAL, Cli, Lab, assert_cli_error, contract, gw, lab_for, parse_table, subset
+from tests.harness import database_url
 
 
 # --- add --------------------------------------------------------------------------------------------------------------
@@ -41,7 +42,7 @@ def test_add_block_shows_port_ranges(logged_in: Cli) -> None:
 
 def test_add_uses_the_context_gateway(cli: Cli, tmp_path) -> None:
     gateways = [gw("default"), gw("lab2", port_range=["5000-5010"], external_address="198.51.100.2")]
-    with lab_for(f"sqlite:///{tmp_path}/two.db", gateways) as two:
+    with lab_for(database_url(tmp_path, "two.db"), gateways) as two:
         cli.configure(two.url, two.tokens["alice"], gateway="lab2")
         fwd = cli("forward", "add", "10.9.0.5", "22", "-o", "json").json()
         assert (fwd["gateway"], fwd["external_address"], fwd["external_port"]) == ("lab2", "198.51.100.2", 5000)
@@ -185,7 +186,7 @@ def test_conflict_exits_4(logged_in: Cli, lab: Lab) -> None:
 
 
 def test_range_exhausted_exits_4(cli: Cli, tmp_path) -> None:
-    with lab_for(f"sqlite:///{tmp_path}/small.db", [gw(port_range=["4000"])]) as small:
+    with lab_for(database_url(tmp_path, "small.db"), [gw(port_range=["4000"])]) as small:
         cli.configure(small.url, small.tokens["alice"])
         cli("forward", "add", "10.9.0.5", "22").ok()
         assert_cli_error(cli("forward", "add", "10.9.0.6", "22"), 4, hint="remove forwards")

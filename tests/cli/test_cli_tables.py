@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.conftest import EXTERNAL, Cli, gw, lab_for
+from tests.harness import database_url
 
 LONG_NAME = "centos-build-server-with-a-long-name-01"
 LONG_DESC = "the build box of the storage team; ask on #storage before rebooting it " * 2
@@ -42,7 +43,7 @@ def two_gateways(cli: Cli, tmp_path: Path):
     """A server with two gateways (one with a long name), alice logged in, and forwards with long cells."""
     gateways = [gw("default"), gw("lab-two-long-gateway-name", port_range=["5000-5010"],
                                   external_address="198.51.100.2")]
-    with lab_for(f"sqlite:///{tmp_path}/tables.db", gateways) as lab:
+    with lab_for(database_url(tmp_path, "tables.db"), gateways) as lab:
         cli.configure(lab.url, lab.tokens["alice"], extra_contexts={
             "other": {"url": "http://labgate-gateway.storage.example.net:3000", "token": "lg_x",
                       "gateway": "lab-two-long-gateway-name", "host": "gw.storage.example.net"}})

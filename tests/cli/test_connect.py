@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.conftest import EXTERNAL, PYTHON_DIR, Cli, Lab, Standins, assert_cli_error, gw, lab_for
+from tests.harness import database_url
 
 
 @dataclass
@@ -257,7 +258,7 @@ def test_a_restricted_forward_is_not_preferred(logged_in: Cli, lab: Lab, standin
 
 def test_several_gateways_suggest_gateway_too(cli: Cli, tmp_path: Path, standins: Standins) -> None:
     gateways = [gw("default"), gw("lab2", port_range=["5000-5010"], external_address="198.51.100.2")]
-    with lab_for(f"sqlite:///{tmp_path}/two.db", gateways) as two:
+    with lab_for(database_url(tmp_path, "two.db"), gateways) as two:
         cli.configure(two.url, two.tokens["alice"])
         a = two.create(name="vm", target_port=22, gateway="default")
         b = two.create(name="vm", target_port=22, gateway="lab2")

@@ -22,14 +22,14 @@ from labgate.client import Client, RateLimited
 from labgate.client.api import retry_after_seconds
 from tests.cli.conftest import Cli, assert_cli_error
 from tests.conftest import make_settings
-from tests.harness import Server, running_server
+from tests.harness import Server, running_server, database_url
 
 FORWARDS = "/api/v1/forwards"
 
 
 @contextmanager
 def limited_server(tmp_path: Path, rate: float, burst: int) -> Iterator[Server]:
-    settings = make_settings(f"sqlite:///{tmp_path}/labgate.db")
+    settings = make_settings(database_url(tmp_path, "labgate.db"))
     settings.server.rate_limit = rate
     settings.server.rate_limit_burst = burst
     with running_server(settings) as srv:

@@ -24,6 +24,7 @@ from labgate.client import (
     ValidationFailed,
 )
 from tests.cli.conftest import EXTERNAL, Lab, gw, lab_for
+from tests.harness import database_url
 
 
 @pytest.fixture
@@ -254,7 +255,7 @@ def test_port_taken_names_holder(alice: Client) -> None:
 
 
 def test_range_exhausted(tmp_path) -> None:
-    with lab_for(f"sqlite:///{tmp_path}/small.db", [gw(port_range=["4000-4001"])]) as small:
+    with lab_for(database_url(tmp_path, "small.db"), [gw(port_range=["4000-4001"])]) as small:
         with Client(small.url, small.tokens["alice"]) as c:
             c.create_forward("10.9.0.5", 22)
             c.create_forward("10.9.0.6", 22)

@@ -19,8 +19,8 @@ def run_example(url: str, token: str, *args: str) -> subprocess.CompletedProcess
                           env=env, timeout=60)
 
 
-def test_vm_forwards_example_creates_is_idempotent_retargets_and_deletes(sqlite_url):
-    with running_server(make_settings(sqlite_url)) as srv:
+def test_vm_forwards_example_creates_is_idempotent_retargets_and_deletes(database_url):
+    with running_server(make_settings(database_url)) as srv:
         token = srv.token("automation")
         first = run_example(srv.url, token, "create", "win1", "10.9.0.7")
         assert first.returncode == 0, first.stderr

@@ -3,13 +3,12 @@ traffic: a forward deleted in the database while its session was never cut is cu
 
 from __future__ import annotations
 
-import sqlite3
 
 import pytest
 
 from labgate.lab import Service, TcpSession
 from tests.conftest import make_settings
-from tests.harness import running_server
+from tests.harness import RawConnection, database_url, running_server
 from tests.kernel.conftest import gateway_for
 
 pytestmark = pytest.mark.kernel
@@ -17,8 +16,8 @@ pytestmark = pytest.mark.kernel
 
 def test_a_session_whose_cut_was_lost_is_cut_at_the_next_start(lab, tmp_path):
     m1 = lab.machine_addresses[0]
-    db = tmp_path / "lg.db"
-    settings = lambda: make_settings(f"sqlite:///{db}", dataplane="nft", gateways=[gateway_for(lab)])  # noqa: E731
+    db = database_url(tmp_path)
+    settings = lambda: make_settings(db, dataplane="nft", gateways=[gateway_for(lab)])  # noqa: E731
     with Service.start_tcp_echo(lab.lab_ns, m1, 22, tag="vm1"):
         with running_server(settings()) as srv, srv.client(srv.token("alice")) as c:
             kept = c.post("/api/v1/forwards", json={"target_address": m1, "target_port": 22}).json()
@@ -28,7 +27,7 @@ def test_a_session_whose_cut_was_lost_is_cut_at_the_next_start(lab, tmp_path):
                 TcpSession.open(lab.client_ns, lab.external_address, lost["external_port"]) as gone:
             assert keep.exchange("a") == "vm1:a" and gone.exchange("b") == "vm1:b"
             # The delete of `lost` committed, and the process died before it cut the session.
-            con = sqlite3.connect(db)
+            con = RawConnection(db)
             with con:
                 con.execute("DELETE FROM port_allocations WHERE forward_id = ?", (lost["id"],))
                 con.execute("DELETE FROM forwards WHERE id = ?", (lost["id"],))

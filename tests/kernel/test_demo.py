@@ -21,7 +21,8 @@ from labgate.cli.demo import state_dir
 from labgate.lab import list_labs, namespace_pids
 from tests.harness import free_port
 
-pytestmark = pytest.mark.kernel
+# On SQLite only: about the embedded default (a SQLite file) and the faults of that file.
+pytestmark = [pytest.mark.kernel, pytest.mark.sqlite_only]
 
 ENV = {"COLUMNS": "200", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 READY = "Press Ctrl-C (or send SIGTERM) to stop serving."

@@ -15,7 +15,7 @@ import pytest
 from labgate.core.tokens import create_token
 from labgate.db.migrate import upgrade
 from labgate.db.session import Database
-from tests.harness import free_port
+from tests.harness import free_port, database_url
 from tests.kernel.conftest import kernel_ids
 
 pytestmark = pytest.mark.kernel
@@ -42,7 +42,7 @@ def wait_ready(url: str, proc, timeout: float = 30) -> None:
 
 def test_kill_9_mid_burst_then_restart_restores_exactly_the_committed_rules(lab, tmp_path):
     port = free_port()
-    db_url = f"sqlite:///{tmp_path}/lg.db"
+    db_url = database_url(tmp_path, "lg.db")
     config = tmp_path / "labgate.toml"
     config.write_text(f'''
 [server]

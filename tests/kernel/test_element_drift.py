@@ -8,7 +8,7 @@ import pytest
 
 from labgate.lab import Service, netns_exec, tcp_request
 from tests.conftest import make_settings
-from tests.harness import running_server
+from tests.harness import running_server, database_url
 from tests.kernel.conftest import gateway_for
 
 pytestmark = pytest.mark.kernel
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.kernel
                                    ["flush", "set", "ip", "labgate_lab", "restricted"]])
 def test_a_flushed_set_is_repaired_by_the_next_reconcile_pass(lab, tmp_path, flush):
     m1 = lab.machine_addresses[0]
-    settings = make_settings(f"sqlite:///{tmp_path}/lg.db", dataplane="nft", gateways=[gateway_for(lab)])
+    settings = make_settings(database_url(tmp_path, "lg.db"), dataplane="nft", gateways=[gateway_for(lab)])
     settings.server.full_resync_interval = 3600  # only the cheap check may find it
     with Service.start_tcp_echo(lab.lab_ns, m1, 22, tag="vm1"), running_server(settings) as srv, \
             srv.client(srv.token("alice")) as c:

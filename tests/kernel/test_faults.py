@@ -47,7 +47,8 @@ from tests.conftest import make_settings
 from tests.harness import free_port, running_server, stop_process
 from tests.kernel.conftest import gateway_for, kernel_ids
 
-pytestmark = pytest.mark.kernel
+# On SQLite only: about the embedded default (a SQLite file) and the faults of that file.
+pytestmark = [pytest.mark.kernel, pytest.mark.sqlite_only]
 
 WAIT = 60.0
 FULL = r"full|no space"

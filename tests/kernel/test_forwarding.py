@@ -10,7 +10,7 @@ import pytest
 
 from labgate.lab import Service, TcpSession, tcp_request, udp_request
 from tests.conftest import make_settings
-from tests.harness import running_server
+from tests.harness import running_server, database_url
 from tests.kernel.conftest import gateway_for, kernel_ids, nft_tables
 
 pytestmark = pytest.mark.kernel
@@ -19,7 +19,7 @@ M1, M2 = 0, 1  # indexes into lab.machine_addresses
 
 
 def settings_for(lab, tmp_path, **gw):
-    return make_settings(f"sqlite:///{tmp_path}/lg.db", dataplane="nft", gateways=[gateway_for(lab, **gw)],
+    return make_settings(database_url(tmp_path, "lg.db"), dataplane="nft", gateways=[gateway_for(lab, **gw)],
                          reconcile_interval=1.0)
 
 
@@ -160,7 +160,7 @@ def test_two_gateways_in_two_namespaces_stay_isolated(lab, lab2, tmp_path):
     a, b = lab, lab2
     svc_a = Service.start_tcp_echo(a.lab_ns, a.machine_addresses[M1], 22)
     svc_b = Service.start_tcp_echo(b.lab_ns, b.machine_addresses[M1], 22)
-    settings = make_settings(f"sqlite:///{tmp_path}/lg.db", dataplane="nft",
+    settings = make_settings(database_url(tmp_path, "lg.db"), dataplane="nft",
                              gateways=[gateway_for(a, "gwa"), gateway_for(b, "gwb")])
     try:
         with running_server(settings) as srv, srv.client(srv.token("alice")) as c:
@@ -251,7 +251,7 @@ def test_change_on_a_dirty_gateway_repairs_it_in_the_same_step(lab, services, tm
 
 def test_kernel_refusal_is_a_503_and_leaves_nothing_behind(lab, tmp_path):
     """A gateway whose namespace does not exist: the change cannot reach a kernel, so nothing is recorded."""
-    settings = make_settings(f"sqlite:///{tmp_path}/lg.db", dataplane="nft", gateways=[
+    settings = make_settings(database_url(tmp_path, "lg.db"), dataplane="nft", gateways=[
         gateway_for(lab, "missing", netns=lab.gateway_ns + "-nope")])
     with running_server(settings) as srv, srv.client(srv.token("alice")) as c:
         r = c.post("/api/v1/forwards", json={"target_address": lab.machine_addresses[M1], "target_port": 22})

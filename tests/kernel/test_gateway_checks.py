@@ -13,7 +13,7 @@ import pytest
 
 from labgate.lab import Service, in_netns, netns_exec, tcp_request
 from tests.conftest import make_settings
-from tests.harness import free_port, stop_process
+from tests.harness import free_port, stop_process, database_url
 from tests.harness import running_server
 from tests.kernel.conftest import gateway_for
 
@@ -36,7 +36,7 @@ def host_ip_forward() -> str:
 def test_a_gateway_that_does_not_route_is_reported_with_the_fix_and_its_forwards_are_errors(lab, tmp_path):
     m1 = lab.machine_addresses[0]
     set_ip_forward(lab.gateway_ns, 0)
-    settings = make_settings(f"sqlite:///{tmp_path}/lg.db", dataplane="nft",
+    settings = make_settings(database_url(tmp_path, "lg.db"), dataplane="nft",
                              gateways=[gateway_for(lab, enable_forwarding=False)])
     with Service.start_tcp_echo(lab.lab_ns, m1, 22, tag="vm1"), running_server(settings) as srv, \
             srv.client(srv.token("alice")) as c:
@@ -68,7 +68,7 @@ def test_a_managed_namespace_gets_forwarding_turned_on_and_the_host_is_left_alon
     m1 = lab.machine_addresses[0]
     set_ip_forward(lab.gateway_ns, 0)
     before = host_ip_forward()
-    settings = make_settings(f"sqlite:///{tmp_path}/lg.db", dataplane="nft", gateways=[gateway_for(lab)])
+    settings = make_settings(database_url(tmp_path, "lg.db"), dataplane="nft", gateways=[gateway_for(lab)])
     with Service.start_tcp_echo(lab.lab_ns, m1, 22, tag="vm1"), running_server(settings) as srv, \
             srv.client(srv.token("alice")) as c:
         assert ip_forward(lab.gateway_ns) == "1"
@@ -88,6 +88,8 @@ def _api(ns: str, method: str, url: str, **kw) -> httpx.Response:
     return in_netns(ns, lambda: httpx.request(method, url, timeout=10, **kw))
 
 
+@pytest.mark.sqlite_only  # labgate runs inside the gateway's namespace: the test's PostgreSQL (host loopback) is
+# out of its reach there
 def test_connection_events_on_a_host_namespace_gateway_without_access_to_pid_1s_namespace(lab, tmp_path):
     """labgate runs inside the gateway namespace as its 'host' namespace (netns = ""), with only CAP_NET_ADMIN and
     CAP_NET_RAW: /proc/1/ns/net cannot be read there, as in a container or under a hardened service unit."""
@@ -158,7 +160,7 @@ def test_a_connection_watcher_that_cannot_run_is_a_gateway_problem(lab, tmp_path
     """No conntrack program: forwarding works, but the gateway says events are not collected and how to fix it."""
     monkeypatch.setattr("labgate.workers.connections.ConnectionWatcher._command",
                         lambda self: [str(tmp_path / "no-such-conntrack"), "-E"])
-    settings = make_settings(f"sqlite:///{tmp_path}/lg.db", dataplane="nft", gateways=[gateway_for(lab)])
+    settings = make_settings(database_url(tmp_path, "lg.db"), dataplane="nft", gateways=[gateway_for(lab)])
     with running_server(settings) as srv, srv.client(srv.token("alice")) as c:
         deadline = time.monotonic() + 10
         while True:
@@ -187,7 +189,7 @@ def test_serve_on_a_busy_port_fails_before_touching_the_kernel(lab, tmp_path):
         config.write_text(f"""
 [server]
 listen = "127.0.0.1:{port}"
-database = "sqlite:///{tmp_path}/lg.db"
+database = "{database_url(tmp_path, "lg.db")}"
 
 [[gateway]]
 name = "lab"

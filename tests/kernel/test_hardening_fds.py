@@ -19,7 +19,7 @@ import pytest
 from labgate.core.tokens import create_token
 from labgate.db.migrate import upgrade
 from labgate.db.session import Database
-from tests.harness import free_port, stop_process
+from tests.harness import free_port, stop_process, database_url
 from tests.kernel.conftest import kernel_ids
 
 pytestmark = pytest.mark.kernel
@@ -47,7 +47,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
 
 def test_a_crowd_of_idle_connections_neither_kills_the_server_nor_its_dataplane(lab, tmp_path: Path) -> None:
     port = free_port()
-    db_url = f"sqlite:///{tmp_path}/lg.db"
+    db_url = database_url(tmp_path, "lg.db")
     config = tmp_path / "labgate.toml"
     config.write_text(f'''
 [server]

@@ -8,17 +8,24 @@ import pytest
 
 from labgate.lab import Service
 from tests.conftest import make_settings
-from tests.harness import running_server
+from tests.harness import running_server, database_url
 from tests.kernel.conftest import gateway_for
 
 pytestmark = pytest.mark.kernel
+
+
+def probe_counts(metrics: str) -> dict[tuple[str, str], float]:
+    """labgate_probes_total of gateway "lab" by (kind, result)."""
+    return {(k, r): float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+            for k in ("icmp", "tcp") for r in ("up", "down", "inconclusive")
+            if line.startswith(f'labgate_probes_total{{gateway="lab",kind="{k}",result="{r}"}}')}
 
 
 def test_targets_turn_down_and_up_with_a_threshold_and_bad_records_are_listed(lab, tmp_path):
     m1 = lab.machine_addresses[0]
     dead = "10.9.0.77"
     svc = Service.start_tcp_echo(lab.lab_ns, m1, 22)
-    settings = make_settings(f"sqlite:///{tmp_path}/lg.db", dataplane="nft", gateways=[gateway_for(lab)])
+    settings = make_settings(database_url(tmp_path, "lg.db"), dataplane="nft", gateways=[gateway_for(lab)])
     settings.server.health_interval = 3600  # cycles are run by hand below
     try:
         with running_server(settings) as srv, srv.client(srv.token("alice")) as c:
@@ -28,6 +35,8 @@ def test_targets_turn_down_and_up_with_a_threshold_and_bad_records_are_listed(la
             gone = c.post("/api/v1/forwards", json={"target_address": dead, "target_port": 22,
                                                     "name": "ghost"}).json()
             assert ok["health"]["state"] == "unknown"
+            with srv.client(srv.token("root", admin=True)) as admin:
+                counted_before = probe_counts(admin.get("/metrics").text)
             monitor = srv.labgate.health
             monitor.check_once()
 
@@ -67,9 +76,9 @@ def test_targets_turn_down_and_up_with_a_threshold_and_bad_records_are_listed(la
             # answers, vm1 does except in the 2 cycles of its link down.
             with srv.client(srv.token("root", admin=True)) as admin:
                 metrics = admin.get("/metrics").text
-            counts = {(k, r): float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                      for k in ("icmp", "tcp") for r in ("up", "down", "inconclusive")
-                      if line.startswith(f'labgate_probes_total{{gateway="lab",kind="{k}",result="{r}"}}')}
+            # The counters are the process's: what this test's cycles added.
+            after = probe_counts(metrics)
+            counts = {key: after[key] - counted_before.get(key, 0.0) for key in after}
             assert sum(v for (k, _), v in counts.items() if k == "icmp") == 10, counts
             assert sum(v for (k, _), v in counts.items() if k == "tcp") == 15, counts
             assert (counts[("icmp", "up")], counts[("icmp", "down")], counts[("tcp", "up")]) == (3, 7, 3), counts

@@ -21,7 +21,8 @@ import pytest
 from labgate.lab import in_netns, remove_namespace
 from tests.harness import free_port, require, stop_process
 
-pytestmark = pytest.mark.kernel
+# On SQLite only: about the embedded default (a SQLite file) and the faults of that file.
+pytestmark = [pytest.mark.kernel, pytest.mark.sqlite_only]
 
 ROOT = Path(__file__).resolve().parents[2]
 MARK = "<!-- run by tests/kernel/test_readme.py -->"

@@ -9,14 +9,14 @@ import pytest
 
 from labgate.lab import Service, tcp_request, udp_request
 from tests.conftest import make_settings
-from tests.harness import running_server
+from tests.harness import running_server, database_url
 from tests.kernel.conftest import gateway_for
 
 pytestmark = pytest.mark.kernel
 
 
 def settings_for(lab, tmp_path):
-    s = make_settings(f"sqlite:///{tmp_path}/lg.db", dataplane="nft", gateways=[gateway_for(lab)])
+    s = make_settings(database_url(tmp_path, "lg.db"), dataplane="nft", gateways=[gateway_for(lab)])
     s.server.usage_interval = 3600  # collected on demand below
     return s
 

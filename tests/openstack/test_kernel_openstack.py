@@ -12,7 +12,7 @@ import pytest
 
 from labgate.config import OpenStackConfig, ServerConfig, Settings, router_gateway_name
 from labgate.lab import Service, TcpSession, tcp_request
-from tests.harness import running_server
+from tests.harness import running_server, database_url
 from tests.openstack.netlab import NetLab, ip
 
 pytestmark = pytest.mark.kernel
@@ -51,7 +51,7 @@ def test_traffic_follows_the_vm_and_two_projects_stay_apart(neutron, netlab, tmp
     services = [Service.start_tcp_echo(vmns_a, "10.50.0.5", 22, tag="vm-a"),
                 Service.start_tcp_echo(vmns_b, "10.50.0.5", 22, tag="vm-b")]
     settings = Settings(
-        server=ServerConfig(database=f"sqlite:///{tmp_path / 'lg.db'}", dataplane="nft", rate_limit=0),
+        server=ServerConfig(database=database_url(tmp_path, "lg.db"), dataplane="nft", rate_limit=0),
         gateway=[],
         openstack=OpenStackConfig(cloud=neutron.cloud, clouds_file=str(neutron.clouds_yaml), monitor_interval=3600,
                                   projects=[a.project_id, b.project_id]))

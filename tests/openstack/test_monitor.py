@@ -16,7 +16,7 @@ import pytest
 
 from labgate.config import OpenStackConfig, ServerConfig, Settings, router_gateway_name
 from labgate.core.tokens import create_token
-from tests.harness import Server, running_server
+from tests.harness import Server, running_server, database_url
 
 CIDR = "10.40.0.0/24"
 
@@ -24,7 +24,7 @@ CIDR = "10.40.0.0/24"
 @contextmanager
 def labgate(neutron, tmp_path, projects: list[str], **openstack) -> Iterator[Server]:
     settings = Settings(
-        server=ServerConfig(database=f"sqlite:///{tmp_path / 'lg.db'}", dataplane="none", rate_limit=0),
+        server=ServerConfig(database=database_url(tmp_path, "lg.db"), dataplane="none", rate_limit=0),
         gateway=[],
         openstack=OpenStackConfig(cloud=neutron.cloud, clouds_file=str(neutron.clouds_yaml), projects=projects,
                                   monitor_interval=3600, **openstack))

@@ -32,7 +32,7 @@ def _as_postgres(argv: list[str]) -> subprocess.CompletedProcess:
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
+def postgres_server(max_connections: int = 200) -> Iterator[str]:
     """Yield a SQLAlchemy URL of a fresh database; the server and its files are removed afterwards."""
     root = Path(tempfile.mkdtemp(prefix="labgate-pg-"))
     data, sock = root / "data", root / "sock"
@@ -48,7 +48,8 @@ def postgres_server() -> Iterator[str]:
         if r.returncode:
             raise RuntimeError(f"initdb failed: {r.stderr}")
         r = _as_postgres([_pg_bin("pg_ctl"), "-D", str(data), "-w", "-t", "60", "-l", str(root / "log"), "-o",
-                          f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+                          f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off "
+                          f"-c max_connections={max_connections}",
                           "start"])
         if r.returncode:
             raise RuntimeError(f"pg_ctl start failed: {r.stderr} {(root / 'log').read_text() if (root / 'log').exists() else ''}")

@@ -23,7 +23,7 @@ import dns.rcode
 import pytest
 
 from labgate.config import DdnsConfig, GatewayConfig, ServerConfig, Settings
-from tests.harness import Server, free_port, require, running_server
+from tests.harness import Server, free_port, require, running_server, database_url
 from tests.services.bind import Bind, find_named, key_secret, tsig_keygen
 
 ZONE = "lab.test"
@@ -77,7 +77,7 @@ def ddns(port: int, key_file: Path, **kw: Any) -> DdnsConfig:
 
 def settings(tmp_path: Path, ddns_cfg: DdnsConfig, gateways: list[GatewayConfig]) -> Settings:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    return Settings(server=ServerConfig(database=f"sqlite:///{tmp_path}/labgate.db", dataplane="none"),
+    return Settings(server=ServerConfig(database=database_url(tmp_path, "labgate.db"), dataplane="none"),
                     gateway=gateways, ddns=ddns_cfg)
 
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
 from sqlalchemy.exc import OperationalError
 
 from labgate.db.migrate import upgrade
 from labgate.db.session import Database
+
+# SQLite's own lock ("database is locked"): on SQLite only.
+pytestmark = pytest.mark.sqlite_only
 
 
 def test_request_failure_wakes_the_probe_without_marking_the_database(tmp_path) -> None:

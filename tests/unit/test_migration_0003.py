@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
 from alembic import command
 from sqlalchemy import text
 
 from labgate.core.tokens import authenticate, hash_token, last_used
 from labgate.db.migrate import alembic_config, current_revision, upgrade
 from labgate.db.session import Database
+
+# Reads the migrated SQLite file directly: on SQLite only (migrations on PostgreSQL: tests/services).
+pytestmark = pytest.mark.sqlite_only
 
 
 def test_existing_tokens_get_roles_and_keep_working(tmp_path) -> None:

@@ -16,6 +16,7 @@ from labgate.core.ports import PortPool
 from labgate.db.migrate import upgrade
 from labgate.db.models import Forward, PortAllocation
 from labgate.db.session import Database
+from tests.harness import database_url
 
 
 def drain(pool: PortPool, count: int = 1) -> list[int]:
@@ -116,7 +117,7 @@ def test_a_range_with_one_free_port_always_finds_it() -> None:
 # --- the picture and the database -----------------------------------------------------------------------------------
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(f"sqlite:///{tmp_path}/labgate.db")
+    database = Database(database_url(tmp_path, "labgate.db"))
     upgrade(database.engine)
     try:
         yield database
