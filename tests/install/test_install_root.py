@@ -155,6 +155,14 @@ def test_a_gateway_in_a_named_namespace_is_flagged(root: Path) -> None:
     assert "gateway 'default' is in namespace 'lab1': entering it needs CAP_SYS_ADMIN" in ran.stderr
 
 
+def test_a_program_under_tmp_is_flagged(root: Path) -> None:
+    """The units' PrivateTmp hides /tmp from the service: a labgate (or venv) there would never start."""
+    ran = labgate("install", "--root", str(root), "--labgate", "/tmp/venv/bin/labgate").ok()
+    assert "/tmp/venv/bin/labgate is under /tmp, which the units hide (PrivateTmp=yes)" in ran.stderr
+    ran = labgate("install", "--root", str(root), "--labgate", "/opt/labgate/bin/labgate").ok()
+    assert "PrivateTmp" not in ran.stderr
+
+
 def test_uninstall_removes_units_and_keeps_config_and_data_unless_purged(root: Path) -> None:
     labgate("install", "--root", str(root)).ok()
     (root / DATA / "labgate.db").write_text("the database")

@@ -38,6 +38,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
+CHECKOUT = HERE.parents[2]
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
 FAMILIES = {"AF_UNIX": socket.AF_UNIX, "AF_INET": socket.AF_INET, "AF_INET6": socket.AF_INET6,
             "AF_NETLINK": socket.AF_NETLINK, "AF_PACKET": getattr(socket, "AF_PACKET", 17)}
@@ -147,7 +148,9 @@ def policy(unit: Path, root: Path, python: str, env: dict[str, str] | None = Non
         "read_write_paths": [str(root / p.lstrip("-").lstrip("/")) for p in words(service, "ReadWritePaths")],
         "private_tmp": yes(service, "PrivateTmp"),
         "protect_home": last(service, "ProtectHome") in ("yes", "true"),
-        "hold": str(root.parent),
+        # Kept visible through PrivateTmp: the test's folder, and this checkout when it lives under /tmp (a CI
+        # clone): a packaged labgate is never installed there, and its Python must still be found.
+        "hold": [str(root.parent), *([str(CHECKOUT)] if str(CHECKOUT).startswith(("/tmp/", "/var/tmp/")) else [])],
         "syscalls": syscall_filter(service),
         "errno": last(service, "SystemCallErrorNumber", "EPERM"),
         "families": words(service, "RestrictAddressFamilies") or None,
@@ -206,18 +209,22 @@ def stage_mounts(data: dict) -> None:
             hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
             resource.setrlimit(resource.RLIMIT_NOFILE, (min(data["nofile"], hard), min(data["nofile"], hard)))
     if data["protect_system"] == "strict":
-        # The test's folder (the staged tree, this policy) is held aside while /tmp is replaced, then put back.
-        hold = data["hold"]
-        spare = next(p for p in ("/mnt", "/srv", "/opt", "/media") if os.path.isdir(p))
-        _mount(hold, spare, None, MS_BIND | MS_REC)
+        # The test's folders (the staged tree, this policy; a checkout under /tmp) are held aside while /tmp is
+        # replaced, each on a spare mount point, then put back.
+        holds = data["hold"]
+        spares = [p for p in ("/mnt", "/srv", "/opt", "/media") if os.path.isdir(p)][:len(holds)]
+        assert len(spares) == len(holds), f"not enough spare mount points for {holds}"
+        for hold, spare in zip(holds, spares):
+            _mount(hold, spare, None, MS_BIND | MS_REC)
         _read_only("/", True)
         for path in ("/proc", "/sys", "/dev"):
             _read_only(path, False)
         if data["private_tmp"]:
             for path in ("/tmp", "/var/tmp"):
                 _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-        os.makedirs(hold, mode=0o755, exist_ok=True)
-        _mount(spare, hold, None, MS_MOVE)
+        for hold, spare in zip(holds, spares):
+            os.makedirs(hold, mode=0o755, exist_ok=True)
+            _mount(spare, hold, None, MS_MOVE)
         for path in data["read_write_paths"]:
             _mount(path, path, None, MS_BIND)
             _read_only(path, False, recursive=False)

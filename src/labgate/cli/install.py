@@ -381,6 +381,15 @@ def _install(root: Path | None, user: str, labgate: str | None, unit_dir: Path, 
         install_unit(layout.unit(name), text, report)
 
     loads, notes = _config_notes(layout.at(CONFIG))
+    real = os.path.realpath(program)
+    # On this machine, also the Python running this (a venv's labgate runs it); a staged tree names its own.
+    for hidden in (program, real, *([sys.executable] if root is None else [])):
+        if hidden.startswith(("/tmp/", "/var/tmp/")):
+            # The units have PrivateTmp=yes: the service sees a /tmp of its own, without this program in it.
+            notes.append(f"{hidden} is under {'/var/tmp' if hidden.startswith('/var/') else '/tmp'}, which the "
+                         "units hide (PrivateTmp=yes): install labgate elsewhere (a package, or a venv in /opt) "
+                         "before starting the service")
+            break
     if root is None:
         # As the user, what the unit does first: start the program and read the config.
         check = ["config", "--config", str(CONFIG)] if loads else ["--help"]
