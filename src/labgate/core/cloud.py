@@ -22,6 +22,7 @@ from labgate.core import validation as v
 from labgate.core.rules import rule_of
 from labgate.core.tokens import Principal
 from labgate.dataplane.reconcile import RuleChange
+from labgate.db import cluster
 from labgate.db.models import CloudRouter, Forward
 from labgate.events import Event
 
@@ -85,6 +86,8 @@ def save_router(db: "Database", cfg: GatewayConfig, revision: int) -> None:
         row.port_range = list(cfg.port_range)
         row.revision = revision
         row.gone_at = None
+        # Agents (on the routers' hosts) follow the routers recorded here: woken now, not at their next poll.
+        cluster.notify_in(s, cfg.name)
         s.commit()
 
 
@@ -120,6 +123,7 @@ def router_gone(svc: "ForwardService", gateway: str, reason: str) -> int:
             events.append(audit.record(s, SYSTEM, "forward.orphan", fwd.id, before=before,
                                        after=audit.forward_snapshot(fwd)))
         s.flush()
+        cluster.notify_in(s, gateway)  # the router's agent stops serving it now, not at its next poll
         if gwdp is None:
             s.commit()
         else:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable
 
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from labgate.db.models import Agent, Forward, GatewayState
 from labgate.db.session import Database
@@ -61,16 +62,32 @@ def bump(s: Session, gateway: str, *, applied: bool, forward_ids: Iterable[int] 
             .returning(GatewayState.generation))
     generation = int(s.execute(stmt).scalar_one())
     ids = set(forward_ids)
-    for obj in (*s.new, *s.dirty, *s.identity_map.values()):
-        if isinstance(obj, Forward) and obj.gateway == gateway and (obj in s.new or obj in s.dirty or obj.id in ids):
+    for obj in list(s.new):  # not inserted yet: inserted with it
+        if isinstance(obj, Forward) and obj.gateway == gateway:
             obj.generation = generation
             ids.discard(obj.id)
-    if ids:  # changed rows this session does not hold (a bulk UPDATE)
-        s.execute(update(Forward).where(Forward.id.in_(ids)).values(generation=generation)
-                  .execution_options(synchronize_session=False))
-    if not applied and dialect == "postgresql":
-        s.execute(text("SELECT pg_notify(:channel, :gateway)"), {"channel": CHANNEL, "gateway": gateway})
+    ids |= {obj.id for obj in s.dirty if isinstance(obj, Forward) and obj.gateway == gateway and obj.id is not None}
+    if ids:
+        # One UPDATE per chunk (a batch changes thousands), and the objects this session holds told the value as
+        # committed, so that no per-object UPDATE follows at the flush.
+        ordered = sorted(ids)
+        for i in range(0, len(ordered), 5000):
+            # updated_at kept: the stamp is bookkeeping, not a change of the forward (no onupdate for it).
+            s.execute(update(Forward).where(Forward.id.in_(ordered[i:i + 5000]))
+                      .values(generation=generation, updated_at=Forward.updated_at)
+                      .execution_options(synchronize_session=False))
+        for obj in list(s.identity_map.values()):
+            if isinstance(obj, Forward) and obj.id in ids:
+                set_committed_value(obj, "generation", generation)
+    if not applied:
+        notify_in(s, gateway)
     return generation
+
+
+def notify_in(s: Session, gateway: str) -> None:
+    """Tell agents to look at `gateway` when `s` commits (PostgreSQL; elsewhere they poll)."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_notify(:channel, :gateway)"), {"channel": CHANNEL, "gateway": gateway})
 
 
 def notify(db: Database, gateway: str) -> None:
