@@ -57,6 +57,8 @@ class ControlConfig:
     baseline_creates: int        # seeds' creates/deletes per size (capped by budget_s)
     baseline_concurrent: int     # seeds' concurrent creates per worker
     backends: list[str]
+    bulk: int = 0                # forwards created (and then deleted) in one batch request, at the smallest size,
+    #                              and as many single creates, timed the same way, as its baseline
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -326,6 +328,9 @@ def measure_labgate(sandbox: Sandbox, cfg: ControlConfig, size: int, log) -> dic
                                 n_min=len(created))
         out["delete_ms"] = summary([s * 1000 for s in samples])
 
+        if cfg.bulk and size == min(cfg.sizes):
+            out["bulk"] = measure_bulk(api, lab, target, cfg.bulk, log)
+
         out["concurrent_creates"] = _concurrent(
             cfg.concurrent_clients, cfg.concurrent_creates, cfg.budget_s,
             setup=lambda w: Api(server.url, server.token),
@@ -348,6 +353,40 @@ def measure_labgate(sandbox: Sandbox, cfg: ControlConfig, size: int, log) -> dic
     echo.stop()
     sandbox.drop_lab(lab)
     return out
+
+
+def measure_bulk(api: Api, lab: lablib.Lab, target: str, n: int, log) -> dict:
+    """n forwards in one POST /api/v1/forwards/batch (answered once the kernel has them all), the same n by single
+    creates, and the batch delete of the first n: wall time of each, a connection through a batch-made port."""
+    before = kernel_elements(lab.gateway_ns)
+    items = [{"target_address": target, "target_port": ECHO_PORT, "name": f"bulk{i}", "kind": "centos"}
+             for i in range(n)]
+    t0 = time.perf_counter()
+    status, data = api.call("POST", "/api/v1/forwards/batch", {"create": items})
+    batch_s = time.perf_counter() - t0
+    if status != 201 or data is None or data["created"] != n:
+        raise RuntimeError(f"the batch answered {status}: {str(data)[:300]}")
+    if kernel_elements(lab.gateway_ns) != before + n:
+        raise RuntimeError("the batch's forwards are not all in the kernel after its 201")
+    last = data["forwards"][-1]
+    reply = lablib.tcp_request(lab.client_ns, lab.external_address, last["external_port"], "ping", timeout=2)
+    if reply != f"{target}:ping":
+        raise RuntimeError(f"no traffic through a batch-made forward right after the 201 ({reply!r})")
+    ids = [f["id"] for f in data["forwards"]]
+    t0 = time.perf_counter()
+    singles = [api.create(target, f"single{i}")["id"] for i in range(n)]
+    singles_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    status, data = api.call("POST", "/api/v1/forwards/batch", {"delete": ids + singles})
+    delete_s = time.perf_counter() - t0
+    if status != 201 or data is None or len(data["deleted"]) != 2 * n:
+        raise RuntimeError(f"the batch delete answered {status}: {str(data)[:300]}")
+    if kernel_elements(lab.gateway_ns) != before:
+        raise RuntimeError("the batch delete left elements in the kernel")
+    log(f"  bulk: {n} forwards in one request {batch_s:.2f}s, {n} single creates {singles_s:.1f}s "
+        f"({singles_s / batch_s:.0f}x), batch delete of {2 * n} {delete_s:.2f}s")
+    return {"n": n, "batch_create_s": batch_s, "single_creates_s": singles_s, "batch_delete_s": delete_s,
+            "deleted": 2 * n}
 
 
 class RecordingRunner:

@@ -40,7 +40,7 @@ PRESETS = {
     "full": dict(
         control=dict(sizes=[100, 10_000, 50_000], creates=500, live_checks=20, concurrent_clients=8,
                      concurrent_creates=100, budget_s=20.0, reconcile_repeats=5, baseline_creates=200,
-                     baseline_concurrent=4),
+                     baseline_concurrent=4, bulk=10_000),
         dataplane=dict(sizes=[10, 10_000, 50_000], rounds=10, connections=200, settle_s=1.0, throughput_rounds=5,
                        throughput_seconds=4),
         background=dict(addresses=10_000, repeats=3, seeds_sample=100),
@@ -50,7 +50,7 @@ PRESETS = {
     "quick": dict(
         control=dict(sizes=[100, 2_000, 5_000], creates=100, live_checks=5, concurrent_clients=8,
                      concurrent_creates=20, budget_s=3.0, reconcile_repeats=2, baseline_creates=30,
-                     baseline_concurrent=2),
+                     baseline_concurrent=2, bulk=1_000),
         dataplane=dict(sizes=[10, 2_000, 5_000], rounds=2, connections=100, settle_s=0.3, throughput_rounds=1,
                        throughput_seconds=1),
         background=dict(addresses=2_000, repeats=1, seeds_sample=20),

@@ -130,14 +130,16 @@ def test_retry_after_forms() -> None:
 # --- the CLI -------------------------------------------------------------------------------------------------------
 
 def test_cli_waits_out_429s_and_applies_each_forward_once(cli: Cli, tmp_path: Path) -> None:
-    # `forward apply` sends a list and a create per entry, back to back: with one request a second, the create
-    # is refused at first and must be sent again (a POST: safe, the 429 did nothing).
+    # `forward apply` is one POST; two of them back to back with one request a second: the second is refused at
+    # first and must be sent again (a POST: safe, the 429 did nothing), and applies once.
     path = tmp_path / "forwards.yaml"
     path.write_text("forwards:\n  - {name: one, target_address: 10.9.0.5, target_port: 22}\n")
     with limited_server(tmp_path, rate=1, burst=1) as srv:
         cli.configure(srv.url, srv.token("alice"))
+        first = cli("forward", "apply", "-f", str(path), "-o", "json").ok()
         res = cli("forward", "apply", "-f", str(path), "-o", "json").ok()
         assert [f["name"] for f in json.loads(res.stdout)] == ["one"]
+        assert json.loads(res.stdout)[0]["id"] == json.loads(first.stdout)[0]["id"]
         notes = [line for line in res.stderr.splitlines() if line.startswith("note: ")]
         assert notes and all("too many requests" in n and "waiting 1 s before trying again" in n for n in notes), \
             res.stderr

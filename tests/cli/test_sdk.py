@@ -330,3 +330,26 @@ def test_every_error_is_a_labgate_error() -> None:
 def test_a_url_without_scheme_is_a_config_error_not_an_unreachable_server() -> None:
     with pytest.raises(ConfigError, match="must start with http:// or https://"):
         Client("127.0.0.1:3000", "lg_x")
+
+
+def test_batch_and_apply_in_one_request_each(lab: Lab, alice: Client) -> None:
+    out = alice.batch(create=[{"target_address": "10.9.0.5", "target_port": 22, "name": "b1"},
+                              {"target_address": "10.9.0.6", "target_port": 22, "name": "b2", "kind": None}])
+    assert out["status"] == "applied" and out["created"] == 2
+    b1, b2 = out["forwards"]
+    assert isinstance(b1, Forward) and (b1.name, b2.name) == ("b1", "b2") and b1.status == "active"
+    out = alice.batch(delete=[b1.id], create=[{"target_address": "10.9.0.7", "target_port": 80, "name": "b3"}])
+    assert out["deleted"] == [b1.id] and [f.name for f in out["forwards"]] == ["b3"]
+    with pytest.raises(NotFound) as err:
+        alice.batch(delete=[b1.id])  # gone already: nothing else happens either
+    assert err.value.field == "delete[0]"
+    lab_file = [{"name": "web", "target_address": "10.9.0.8", "target_port": 80},
+                {"name": "b2", "target_address": "10.9.0.6", "target_port": 22}]
+    first = alice.apply_forwards(lab_file)
+    assert (first["created"], first["updated"], first["unchanged"]) == (1, 0, 1)
+    assert [f.name for f in first["forwards"]] == ["web", "b2"] and first["forwards"][1].id == b2.id
+    moved = alice.apply_forwards([dict(lab_file[0], target_address="10.9.0.9")])
+    assert moved["updated"] == 1 and moved["forwards"][0].target_address == "10.9.0.9"
+    with pytest.raises(ValidationFailed) as bad:
+        alice.apply_forwards([{"name": "x", "target_address": "10.10.0.1", "target_port": 22}])
+    assert bad.value.field == "forwards[0].target_address"

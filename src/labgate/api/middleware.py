@@ -45,6 +45,8 @@ VLAB_PREFIX = "/api/1/"
 PUBLIC_PATHS = ("/healthz", "/api/1/ipam/healthcheck", "/openapi.json")
 # Pages and assets of the interactive docs: cacheable (everything else is `Cache-Control: no-store`).
 DOCS_PATHS = ("/docs", "/redoc", "/static-offline-docs/")
+# Requests that carry many forwards at once: their bodies may be up to max_batch_body_bytes.
+BATCH_PATHS = ("/api/v1/forwards/batch", "/api/v1/forwards/apply")
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
@@ -287,6 +289,7 @@ class Guard:
         self.db = lg.db
         cfg = lg.settings.server
         self.max_body = cfg.max_body_bytes
+        self.max_batch_body = max(cfg.max_batch_body_bytes, cfg.max_body_bytes)
         self.rate_limit = cfg.rate_limit
         self.rate_limit_burst = cfg.rate_limit_burst
         self.buckets = TokenBuckets(cfg.rate_limit, cfg.rate_limit_burst) if cfg.rate_limit > 0 else None
@@ -338,17 +341,18 @@ class Guard:
                                  {"Retry-After": str(retry)})
                     return
         length = _content_length(scope)
-        if length is not None and length > self.max_body:
-            await self._too_large(send)
+        limit = self.max_batch_body if path in BATCH_PATHS else self.max_body
+        if length is not None and length > limit:
+            await self._too_large(send, limit)
             return
         if path.startswith("/api/") and has_nul(unquote_to_bytes(scope.get("query_string", b""))):
             await self._nul(scope, send)
             return
         if path.startswith("/api/") and (length or _header(scope, b"transfer-encoding") is not None):
             try:
-                body = await read_body(receive, self.max_body)
+                body = await read_body(receive, limit)
             except BodyTooLarge:
-                await self._too_large(send)
+                await self._too_large(send, limit)
                 return
             except Disconnected:
                 return  # nobody to answer
@@ -373,9 +377,8 @@ class Guard:
         else:
             await answer(send, 429, "too_many_failures", message, headers)
 
-    async def _too_large(self, send: Send) -> None:
-        await answer(send, 413, "too_large",
-                     f"the request body is larger than this server accepts ({self.max_body} bytes)")
+    async def _too_large(self, send: Send, limit: int) -> None:
+        await answer(send, 413, "too_large", f"the request body is larger than this server accepts ({limit} bytes)")
 
 
 # --- what the API documents and answers about the above ----------------------------------------------------------

@@ -171,6 +171,32 @@ class ForwardPage(Page):
     results: list[ForwardOut]
 
 
+class ForwardBatch(Strict):
+    """Creates and deletes applied together: one transaction, one kernel batch, on one gateway; all or nothing."""
+
+    create: list[ForwardCreate] = Field(default=[], max_length=50_000)
+    delete: list[bounded_int(1, 2**31 - 1)] = Field(default=[], max_length=50_000)  # type: ignore[valid-type]
+
+
+class ForwardApply(Strict):
+    """The forwards that must exist, each by its machine's name, target port and protocol (on one gateway):
+    created when missing, changed when their target or settings differ, left alone when they match."""
+
+    forwards: list[ForwardCreate] = Field(max_length=50_000)
+
+
+class BatchOut(BaseModel):
+    gateway: str | None
+    # applied: the kernel has every change; pending: committed, the gateway's agent has not applied it yet
+    status: Literal["applied", "pending"]
+    created: int
+    updated: int
+    unchanged: int
+    deleted: list[int]
+    # The created forwards in request order (apply: every listed forward, created, changed or unchanged).
+    forwards: list[ForwardOut]
+
+
 class MachineOut(BaseModel):
     name: str
     kind: str | None

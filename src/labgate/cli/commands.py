@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 import getpass
+import re
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.markup import escape
-from rich.progress import Progress
 
 from labgate.cli import context as ctxmod
 from labgate.cli.output import Col, Format, console, emit_json, err_console, fail, retry_note, table
@@ -318,27 +319,31 @@ def forward_apply(
     output: OutputOpt = Format.table,
 ) -> None:
     """Make sure every forward in FILE exists (by machine name, target port and protocol): create the missing,
-    retarget the moved, leave the rest. Safe to run again."""
+    retarget the moved, leave the rest. One request, all or nothing; safe to run again."""
     items = read_apply_file(file)
     client, ctx = client_for(context)
-    results: list[Forward] = []
-    failures: list[str] = []
-    with client, Progress(console=console, transient=True, disable=output == Format.json) as progress:
-        task = progress.add_task("applying", total=len(items))
-        for item in items:
-            item = dict(item)
-            name, address, port = item.pop("name"), item.pop("target_address"), item.pop("target_port")
-            item.setdefault("gateway", ctx.gateway)
-            try:
-                results.append(client.ensure_forward(name, address, port, **item))
-            except LabgateError as exc:
-                failures.append(f"{name} {address}:{port}: {exc.message}")
-            progress.advance(task)
-    show_forwards(results, output)
-    if failures:
-        for line in failures:  # stderr: stdout stays parseable with -o json
-            err_console.print(f"[red]failed:[/] {escape(line)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+    if ctx.gateway:
+        items = [{"gateway": ctx.gateway, **item} for item in items]
+    try:
+        with client, console.status(f"applying {len(items)} forward(s)", spinner="dots") \
+                if output != Format.json else nullcontext():
+            outcome = client.apply_forwards(items)
+    except LabgateError as exc:
+        # The server names the item ("forwards[3].target_address: ..."): say which entry of the file it is.
+        m = re.match(r"forwards\[(\d+)\]", exc.field or "")
+        if m and int(m.group(1)) < len(items):
+            i = int(m.group(1))
+            item = items[i]
+            exc.message = (f"entry {i + 1} of {file} ({item.get('name')} {item.get('target_address')}:"
+                           f"{item.get('target_port')}): " + re.sub(r"^forwards\[\d+\]: ", "", exc.message) +
+                           " (nothing was applied)")
+            exc.args = (exc.message,)
+        raise
+    show_forwards(outcome["forwards"], output)
+    if output != Format.json:
+        err_console.print(f"{outcome['created']} created, {outcome['updated']} changed, {outcome['unchanged']} "
+                          f"unchanged" + (" (pending: the gateway's agent has not applied it yet)"
+                                          if outcome["status"] == "pending" else ""), highlight=False)
 
 
 # --- machines and gateways -----------------------------------------------------------------------------------------

@@ -164,6 +164,23 @@ class Client:
     def delete_forward(self, forward_id: int) -> None:
         self._request("DELETE", f"/api/v1/forwards/{int(forward_id)}")
 
+    def batch(self, create: list[dict[str, Any]] | None = None, delete: list[int] | None = None) -> dict[str, Any]:
+        """Create and delete many forwards of one gateway in one request: one transaction and one kernel change,
+        all or nothing. `create`: bodies as for create_forward; `delete`: forward ids. Returns {"status"
+        ("applied" | "pending"), "created", "deleted", "forwards": [Forward, ...] (the created, in order)}."""
+        body = {"create": [{k: v for k, v in c.items() if v is not None} for c in create or []],
+                "delete": [int(i) for i in delete or []]}
+        out = self._request("POST", "/api/v1/forwards/batch", json=body)
+        return {**out, "forwards": [Forward.from_api(f) for f in out["forwards"]]}
+
+    def apply_forwards(self, forwards: list[dict[str, Any]]) -> dict[str, Any]:
+        """Make these forwards exist (each by name, target_port and protocol, on one gateway) in one request: the
+        missing created, those whose target or stated settings differ changed, the rest left alone; all or
+        nothing. Returns {"status", "created", "updated", "unchanged", "forwards": [Forward, ...] (in order)}."""
+        body = {"forwards": [{k: v for k, v in f.items() if v is not None} for f in forwards]}
+        out = self._request("POST", "/api/v1/forwards/apply", json=body)
+        return {**out, "forwards": [Forward.from_api(f) for f in out["forwards"]]}
+
     def ensure_forward(self, name: str, target_address: str, target_port: int, *, protocol: str = "tcp",
                        gateway: str | None = None, **fields: Any) -> Forward:
         """Idempotent: the forward of machine `name` to `target_port`/`protocol`, created if missing and

@@ -42,6 +42,8 @@ class ServerConfig(BaseSettings):
     fd_reserve: int = Field(default=256, ge=16)
     # The largest request body accepted (bytes); larger ones get 413 without being read.
     max_body_bytes: int = Field(default=262144, ge=1024)
+    # The bodies of POST /api/v1/forwards/batch and /apply (thousands of forwards in one request).
+    max_batch_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     # Per API token: requests per second (sustained) and burst; beyond them 429 with Retry-After. 0 = no limit.
     rate_limit: float = Field(default=100.0, ge=0)
     rate_limit_burst: int = Field(default=1000, ge=1)

@@ -40,7 +40,8 @@ from labgate.events import Discard, Event, Publisher
 
 log = logging.getLogger("labgate.forwards")
 
-ALLOCATION_ATTEMPTS = 5
+# Blocks tried in turn when other processes (API replicas) allocate on the same gateway at the same time.
+ALLOCATION_ATTEMPTS = 64
 PATCHABLE = {"description", "enabled", "allowed_sources", "target_address", "target_port", "name", "kind"}
 
 
@@ -62,6 +63,25 @@ class ForwardSpec:
     # OpenStack: follow this Neutron port, or the port of this server (id or name), instead of an address.
     target_port_id: str | None = None
     target_server: str | None = None
+
+
+@dataclass
+class Prepared:
+    """A create that passed every check made without a transaction (ForwardService.prepare)."""
+
+    spec: ForwardSpec
+    cfg: GatewayConfig
+    gwdp: GatewayDataplane
+    ext: ipaddress.IPv4Address
+    pool: PortPool
+    protocol: str
+    count: int
+    target: str
+    cloud: Resolved | None
+    sources: list[str]
+    name: str | None
+    kind: str | None
+    description: str
 
 
 @dataclass
@@ -282,7 +302,9 @@ class ForwardService:
                                field="target_address")
         return spec.gateway, spec.target_address, None
 
-    def create(self, principal: Principal, spec: ForwardSpec) -> ForwardView:
+    def prepare(self, principal: Principal, spec: ForwardSpec) -> "Prepared":
+        """Every check of a create that needs no transaction: the gateway, the target, the fields. Raises
+        InvalidInput (or NotFound for a cloud target) naming the field."""
         gateway, address, cloud = self._resolve(principal, spec)
         cfg, gwdp = self._gateway(gateway, principal.project)
         self._check_project(principal, cfg)
@@ -309,7 +331,23 @@ class ForwardService:
                     f"external_port {spec.external_port}" + (f"-{spec.external_port + count - 1}" if count > 1 else "")
                     + f" is not inside one of gateway {cfg.name!r}'s ranges ({', '.join(cfg.port_range)})",
                     field="external_port")
+        return Prepared(spec, cfg, gwdp, ext, pool, protocol, count, str(target), cloud, sources, name, kind,
+                        description)
 
+    def new_forward(self, principal: Principal, p: "Prepared", forward_id: int | None) -> Forward:
+        """The row of a prepared create (not added to a session)."""
+        fwd = Forward(id=forward_id, gateway=p.cfg.name, protocol=p.protocol, external_port=0, port_count=p.count,
+                      target_address=p.target, target_port=p.spec.target_port, name=p.name, kind=p.kind,
+                      owner=principal.owner, description=p.description, enabled=p.spec.enabled,
+                      allowed_sources=p.sources)
+        if p.cloud is not None:
+            fwd.target_port_id, fwd.target_server_id = p.cloud.port_id, p.cloud.server_id
+            fwd.target_server_name = p.cloud.server_name
+        return fwd
+
+    def create(self, principal: Principal, spec: ForwardSpec) -> ForwardView:
+        p = self.prepare(principal, spec)
+        cfg, gwdp, pool, protocol, count = p.cfg, p.gwdp, p.pool, p.protocol, p.count
         with self.db.writer() as s:
             check_quota(s, self.settings.limits, principal, count)
             self._check_ports_free(s, pool, cfg.name, protocol, spec.external_port, count, principal)
@@ -321,13 +359,7 @@ class ForwardService:
                 # The id was committed with the checks' transaction; another writer may have come between it and
                 # this one (then this create is refused after all, and its id stays unused).
                 check_quota(s, self.settings.limits, principal, count)
-            fwd = Forward(id=reserved, gateway=cfg.name, protocol=protocol, external_port=0, port_count=count,
-                          target_address=str(target), target_port=spec.target_port, name=name, kind=kind,
-                          owner=principal.owner, description=description, enabled=spec.enabled,
-                          allowed_sources=sources)
-            if cloud is not None:
-                fwd.target_port_id, fwd.target_server_id = cloud.port_id, cloud.server_id
-                fwd.target_server_name = cloud.server_name
+            fwd = self.new_forward(principal, p, reserved)
             s.add(fwd)
             s.flush()
             start = self._allocate(s, pool, fwd, spec.external_port, count, principal)
@@ -337,7 +369,7 @@ class ForwardService:
                 s.flush()
                 trail = audit.record(s, principal, "forward.create", fwd.id, before=None,
                                      after=audit.forward_snapshot(fwd))
-                self._commit_synced(s, gwdp, RuleChange.of(add=[rule_of(fwd, ext) if fwd.enabled else None]), [])
+                self._commit_synced(s, gwdp, RuleChange.of(add=[rule_of(fwd, p.ext) if fwd.enabled else None]), [])
                 committed = True
             finally:
                 if not committed:
@@ -381,13 +413,15 @@ class ForwardService:
                   principal: Principal) -> int:
         """Insert the allocation rows for `fwd`; returns the first port. 409 when taken or exhausted."""
         pool.ensure_loaded(s)
-        for attempt in range(ALLOCATION_ATTEMPTS):
+        reloaded = False
+        for _ in range(ALLOCATION_ATTEMPTS):
             if requested is not None:
                 start = requested
             else:
                 found = pool.take_lowest(count)
-                if found is None and attempt == 0:
-                    pool.load(s)  # maybe another process freed some
+                if found is None and not reloaded:
+                    pool.load(s)  # maybe another process freed some (once: the database's picture, then ours)
+                    reloaded = True
                     found = pool.take_lowest(count)
                 if found is None:
                     raise RangeExhausted(
@@ -405,7 +439,9 @@ class ForwardService:
                 if requested is not None:
                     holder = port_holder(s, fwd.gateway, fwd.protocol, start, start + count - 1)
                     raise self._port_taken(s, fwd.gateway, fwd.protocol, start, holder, principal) from None
-                pool.load(s)  # our picture was stale: another process allocated; search again
+                # Another process holds (part of) that block, committed or still in flight: it stays marked taken
+                # here and the next free block is tried. (Reloading the picture from the database instead would
+                # forget the blocks this process's own requests have in flight, and collide with them next.)
         raise RangeExhausted(f"could not allocate a port on gateway {fwd.gateway!r} after {ALLOCATION_ATTEMPTS} "
                              "attempts under contention; try again", field="external_port")
 

@@ -43,16 +43,18 @@ def effective(defaults: LimitsConfig, row: OwnerLimit | None) -> tuple[int, int]
     return forwards, ports
 
 
-def check_quota(s: Session, defaults: LimitsConfig, principal: Principal, ports: int) -> None:
-    """Raise QuotaExceeded if one more forward of `ports` ports would take the owner over a limit. Runs inside the
-    create's write transaction (on SQLite writers are serialized, so two creates cannot both pass the last slot)."""
+def check_quota(s: Session, defaults: LimitsConfig, principal: Principal, ports: int, forwards: int = 1) -> None:
+    """Raise QuotaExceeded if `forwards` more forwards (one, or a batch's) of `ports` ports in all would take the
+    owner over a limit. Runs inside the create's write transaction (on SQLite writers are serialized, so two
+    creates cannot both pass the last slot)."""
     if principal.admin:
         return
     max_forwards, max_ports = effective(defaults, owner_limit(s, principal.owner))
     held, held_ports = owner_usage(s, principal.owner)
     hint = "delete forwards you no longer use, or ask an admin to raise your limit (PUT /api/v1/limits/{owner})"
-    if max_forwards and held + 1 > max_forwards:
-        raise QuotaExceeded(f"{principal.owner} holds {held} forwards, the limit is {max_forwards}: {hint}")
+    if max_forwards and held + forwards > max_forwards:
+        more = "" if forwards == 1 else f" and asks for {forwards} more"
+        raise QuotaExceeded(f"{principal.owner} holds {held} forwards{more}, the limit is {max_forwards}: {hint}")
     if max_ports and held_ports + ports > max_ports:
         raise QuotaExceeded(f"{principal.owner} holds {held_ports} external ports and asks for {ports} more, the "
                             f"limit is {max_ports}: {hint}", field="port_count")

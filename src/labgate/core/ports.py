@@ -60,6 +60,10 @@ class PortPool:
                     return idx
         return None
 
+    def is_free(self, start: int, count: int) -> bool:
+        with self._lock:
+            return not any(self._used[start:start + count])
+
     def take(self, start: int, count: int) -> None:
         with self._lock:
             self._used[start:start + count] = b"\x01" * count

@@ -23,9 +23,9 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 
-def reserve_forward_id(s: Session) -> int | None:
-    """A fresh forward id, committed as taken with `s`'s transaction (SQLite); None where the database's own
-    sequence is safe (and `s` is left as it was).
+def reserve_forward_id(s: Session, count: int = 1) -> int | None:
+    """A fresh forward id (the first of `count` consecutive ones: a batch), committed as taken with `s`'s
+    transaction (SQLite); None where the database's own sequence is safe (and `s` is left as it was).
 
     `s` is a write session that has only read so far (committing it must commit the id and nothing else)."""
     if s.get_bind().dialect.name != "sqlite":
@@ -36,9 +36,9 @@ def reserve_forward_id(s: Session) -> int | None:
     if seq is None:
         top = s.execute(text("SELECT coalesce(max(id), 0) FROM forwards")).scalar() or 0
         taken = top + 1
-        s.execute(text("INSERT INTO sqlite_sequence (name, seq) VALUES ('forwards', :n)"), {"n": taken})
+        s.execute(text("INSERT INTO sqlite_sequence (name, seq) VALUES ('forwards', :n)"), {"n": taken + count - 1})
     else:
         taken = seq + 1
-        s.execute(text("UPDATE sqlite_sequence SET seq = :n WHERE name = 'forwards'"), {"n": taken})
+        s.execute(text("UPDATE sqlite_sequence SET seq = :n WHERE name = 'forwards'"), {"n": taken + count - 1})
     s.commit()
     return taken
