@@ -79,13 +79,29 @@ def delete_connection(conn: Connection) -> None:
                    timeout=30)
 
 
+# More marks than this (a batch delete): list the table once and delete only the marks that have entries, rather
+# than one `conntrack -D` per mark (about 12 ms each: 24 s for a batch of 2,000).
+BULK_MARKS = 8
+
+
 def delete_by_marks(marks: Iterable[int]) -> int:
     """Delete the entries carrying each mark; returns how many conntrack reported deleted."""
     binary = _binary()
     deleted = 0
+    marks = list(marks)
     for mark in marks:
         if not isinstance(mark, int) or not 0 < mark <= 0xFFFFFFFF:
             raise ValueError(f"bad mark {mark!r}")
+    if len(marks) > BULK_MARKS:
+        # Their rules are gone already (the cut follows the kernel change), so no new entry can take these marks
+        # between this listing and the deletes.
+        try:
+            live = {c.mark for c in list_marked()}
+        except OSError:
+            live = None  # one delete per mark, as for a few
+        if live is not None:
+            marks = [m for m in marks if m in live]
+    for mark in marks:
         # Exit status 1 only means "no entry matched"; the count is in stderr.
         proc = subprocess.run([binary, "-D", "--mark", str(mark)], capture_output=True, text=True, timeout=30)
         found = _DELETED.search(proc.stderr)
