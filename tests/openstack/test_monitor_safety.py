@@ -5,6 +5,7 @@ nor bound; a router going while a create runs never leaves a live forward behind
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from labgate.config import router_gateway_name
@@ -181,6 +182,12 @@ def test_a_port_behind_no_router_costs_one_call_not_a_look(neutron, tmp_path) ->
                                         device_owner="compute:nova", fixed_ips=[{"subnet_id": subnet.id}])
     with labgate(neutron, tmp_path, [a.project_id]) as srv, admin(srv) as api:
         cloud = srv.labgate.openstack.cloud
+        # The monitor's own first cycle starts when this process wins the singleton election (at once on SQLite,
+        # at the election's first round on PostgreSQL): counted before, never inside, the window below.
+        deadline = time.monotonic() + 30
+        while srv.labgate.openstack._loop.runs < 1:
+            assert time.monotonic() < deadline, "the monitor's first cycle did not run"
+            time.sleep(0.05)
         before = cloud.calls
         for _ in range(3):
             r = api.post("/api/v1/forwards", json={"target_port_id": port.id, "target_port": 22})
