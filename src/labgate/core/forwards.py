@@ -254,7 +254,7 @@ class ForwardService:
         try:
             with self.dataplane.change(gwdp.cfg.name) as gw:
                 try:
-                    gw.sync(change, desired=lambda ext: self.rules.enabled_rules(gw.cfg.name, ext, s))
+                    gw.sync(change, desired=lambda _ext: self.rules.enabled_rows(gw.cfg.name, s))
                 except ChangeRefused as exc:
                     s.rollback()
                     raise InvalidInput(f"the kernel refused this change on gateway {gw.cfg.name!r} (nothing was "

@@ -8,8 +8,8 @@ import json
 import socket
 from typing import TYPE_CHECKING, Any
 
-from labgate.dataplane.render import ForwardRule
-from labgate.db.queries import enabled_rule_rows
+from labgate.dataplane.render import ForwardRule, RuleRow
+from labgate.db.queries import enabled_rule_rows, enabled_rule_tuples
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -61,3 +61,10 @@ class CommittedRules:
             return [rule_of(r, external) for r in enabled_rule_rows(session, gateway)]
         with self.db.reader() as s:
             return [rule_of(r, external) for r in enabled_rule_rows(s, gateway)]
+
+    def enabled_rows(self, gateway: str, session: "Session | None" = None) -> list[RuleRow]:
+        """The same forwards as rows (render.RuleRow), for a full render: no object per forward."""
+        if session is not None:
+            return enabled_rule_tuples(session, gateway)
+        with self.db.reader() as s:
+            return enabled_rule_tuples(s, gateway)

@@ -5,6 +5,7 @@ sessions."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable, Iterator
@@ -27,6 +28,22 @@ LIVE = and_(Forward.enabled.is_(True), Forward.orphaned_at.is_(None))
 def enabled_rule_rows(s: Session, gateway: str) -> Iterator:
     """Rows (RULE_COLUMNS) of the gateway's live forwards, by id, through `s` (its pending changes included)."""
     return iter(s.execute(select(*RULE_COLUMNS).where(Forward.gateway == gateway, LIVE).order_by(Forward.id)))
+
+
+def enabled_rule_tuples(s: Session, gateway: str) -> list[tuple]:
+    """The same rows as plain tuples in the dataplane's RuleRow order (id, protocol, external_port, port_count,
+    target_address, target_port, allowed_sources as a tuple of CIDR texts): what a full render reads, with no
+    object per row. The renderer checks every field again before anything reaches nft."""
+    result = s.execute(select(*RULE_COLUMNS).where(Forward.gateway == gateway, LIVE).order_by(Forward.id))
+    return [(i, p, ep, pc, ta, tp, _sources(src) if src and src != "[]" else ())
+            for i, p, ep, ta, tp, pc, src in result]
+
+
+def _sources(value: object) -> tuple:
+    """allowed_sources as read: JSON text (SQLite), or already decoded (PostgreSQL's driver decodes json)."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    return tuple(str(n) for n in value) if isinstance(value, (list, tuple)) else (str(value),)
 
 
 @dataclass(frozen=True)
