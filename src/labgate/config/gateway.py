@@ -3,6 +3,7 @@ use (port ranges, target networks)."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import Any
@@ -17,6 +18,17 @@ NETNS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PRIVATE_NETWORKS = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
 # An interface name as the kernel allows it (IFNAMSIZ 16 with the NUL), minus anything `ip` could misread.
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
+
+
+@functools.lru_cache(maxsize=256)
+def _ranges(texts: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+    """Parsed once per distinct setting: every create asks (a batch, thousands of times)."""
+    return tuple(parse_port_range(r) for r in texts)
+
+
+@functools.lru_cache(maxsize=256)
+def _networks(texts: tuple[str, ...]) -> tuple[ipaddress.IPv4Network, ...]:
+    return tuple(ipaddress.IPv4Network(n) for n in texts)
 
 
 def parse_port_range(text: str) -> tuple[int, int]:
@@ -127,11 +139,11 @@ class GatewayConfig(BaseModel):
 
     @property
     def ranges(self) -> list[tuple[int, int]]:
-        return [parse_port_range(r) for r in self.port_range]
+        return list(_ranges(tuple(self.port_range)))
 
     @property
     def networks(self) -> list[ipaddress.IPv4Network]:
-        return [ipaddress.IPv4Network(n) for n in self.target_networks]
+        return list(_networks(tuple(self.target_networks)))
 
     @property
     def manages_forwarding(self) -> bool:

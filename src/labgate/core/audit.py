@@ -78,7 +78,15 @@ def record_many(s: Session, who: "Principal", entries: list[tuple[str, int | Non
     if not rows:
         return []
     # One INSERT ... RETURNING for all of them (no ORM object per row: a batch writes thousands).
-    ids = s.scalars(insert(Audit).returning(Audit.id, sort_by_parameter_order=True), rows).all()
+    table = Audit.__table__
+    if s.get_bind().dialect.name == "sqlite":
+        # SQLite cannot return ids in parameter order for a many-row insert (SQLAlchemy then inserts row by row).
+        # This transaction holds the database's write lock, and AUTOINCREMENT hands out consecutive ids: the
+        # rows just inserted are the last len(rows) ids, in order.
+        s.execute(insert(table), rows)
+        ids = s.execute(select(table.c.id).order_by(table.c.id.desc()).limit(len(rows))).scalars().all()[::-1]
+    else:
+        ids = s.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True), rows).scalars().all()
     return [Event("audit", now, {"audit_id": audit_id, "actor": r["actor"], "token_id": r["token_id"],
                                  "client": client, "action": r["action"], "object_type": r["object_type"],
                                  "object_id": r["object_id"], "before": r["before"], "after": r["after"]})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import uuid
@@ -85,29 +86,41 @@ def check_port_count(value: int) -> int:
 def check_target(value: str, gateway: GatewayConfig,
                  own_addresses: Iterable[ipaddress.IPv4Address] = ()) -> ipaddress.IPv4Address:
     """The target must be a usable host address inside the gateway's target networks, and not the gateway."""
-    try:
-        addr = ipaddress.ip_address(value)
-    except ValueError:
-        raise InvalidInput(f"target_address {value!r} is not an IP address", field="target_address") from None
-    if addr.version != 4:
-        raise InvalidInput("IPv6 targets are not supported yet", field="target_address")
-    assert isinstance(addr, ipaddress.IPv4Address)
-    if addr.is_loopback or addr.is_link_local or addr.is_multicast or addr.is_unspecified or addr.is_reserved \
-            or addr == ipaddress.IPv4Address("255.255.255.255"):
-        raise InvalidInput(f"target_address {addr} is a loopback, link-local, multicast or reserved address",
-                           field="target_address")
-    nets = [n for n in gateway.networks if addr in n]
-    if not nets:
-        raise InvalidInput(
-            f"target_address {addr} is outside the target networks of gateway {gateway.name!r} "
-            f"({', '.join(gateway.target_networks)})", field="target_address")
-    for net in nets:
-        if net.prefixlen < 31 and addr in (net.network_address, net.broadcast_address):
-            raise InvalidInput(f"target_address {addr} is the network or broadcast address of {net}",
-                               field="target_address")
+    addr, problem = _target(value, tuple(gateway.networks), gateway.name, tuple(gateway.target_networks))
+    if problem is not None:
+        raise InvalidInput(problem, field="target_address")
+    assert addr is not None
     if addr in set(own_addresses):
         raise InvalidInput(f"target_address {addr} is an address of the gateway itself", field="target_address")
     return addr
+
+
+_BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+@functools.lru_cache(maxsize=16384)
+def _target(value: str, networks: tuple[ipaddress.IPv4Network, ...], gateway: str,
+            texts: tuple[str, ...]) -> tuple[ipaddress.IPv4Address | None, str | None]:
+    """check_target's verdict on an address for a set of networks: (address, None) or (None, why). Cached: a
+    batch names the same few hundred addresses thousands of times, and each check parses and compares."""
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        return None, f"target_address {value!r} is not an IP address"
+    if addr.version != 4:
+        return None, "IPv6 targets are not supported yet"
+    assert isinstance(addr, ipaddress.IPv4Address)
+    if addr.is_loopback or addr.is_link_local or addr.is_multicast or addr.is_unspecified or addr.is_reserved \
+            or addr == _BROADCAST:
+        return None, f"target_address {addr} is a loopback, link-local, multicast or reserved address"
+    nets = [n for n in networks if addr in n]
+    if not nets:
+        return None, (f"target_address {addr} is outside the target networks of gateway {gateway!r} "
+                      f"({', '.join(texts)})")
+    for net in nets:
+        if net.prefixlen < 31 and addr in (net.network_address, net.broadcast_address):
+            return None, f"target_address {addr} is the network or broadcast address of {net}"
+    return addr, None
 
 
 def check_sources(values: list[str] | None) -> list[str]:

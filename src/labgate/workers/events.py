@@ -17,7 +17,7 @@ import random
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import islice
 from typing import Sequence
 
@@ -329,7 +329,7 @@ class EventBus:
         event still reaches recent() but no sink."""
         try:
             with self._lock:
-                stamped = replace(event, seq=self._next_seq)
+                stamped = event.stamped(self._next_seq)
                 self._next_seq += 1
                 self._recent.append(stamped)
                 EVENTS.labels(stamped.kind).inc()
