@@ -11,14 +11,16 @@ import ctypes
 import ctypes.util
 import ipaddress
 import json
+import os
+import shutil
 import subprocess
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Callable, Protocol, TypeVar
 
-from labgate.dataplane import conntrack, nfnetlink
+from labgate.dataplane import conntrack, ctnetlink, nfnetlink, nftsets
 from labgate.dataplane.netns import NamespaceError, NamespaceWorker
-from labgate.dataplane.nft import NftError, NftRunner, open_runner, parse_json
-from labgate.dataplane.render import Sentinel, render_check, render_list_set
+from labgate.dataplane.nft import NFT_BINARY, NftError, NftProcess, NftRunner, open_runner, parse_json
+from labgate.dataplane.render import Sentinel
 
 T = TypeVar("T")
 IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
@@ -86,20 +88,9 @@ def release_memory() -> None:
         pass
 
 
-def parse_counters(output: str) -> dict[int, tuple[int, int]]:
-    """`nft -j list set` output of a counter set -> {element: (packets, bytes)}."""
-    out: dict[int, tuple[int, int]] = {}
-    for item in parse_json(output):
-        for elem in item.get("set", {}).get("elem", []) or []:
-            inner = elem.get("elem", elem) if isinstance(elem, dict) else None
-            if isinstance(inner, dict) and isinstance(inner.get("val"), int):
-                counter = inner.get("counter") or {}
-                out[inner["val"]] = (int(counter.get("packets", 0)), int(counter.get("bytes", 0)))
-    return out
-
-
 def parse_table_shape(output: str) -> dict[str, int]:
-    """`nft -j -t list table` output -> {chain: rule count}."""
+    """`nft -j -t list table` output -> {chain: rule count} (what NamespaceKernel.table_shape reads over netlink;
+    tests compare the two)."""
     shape: dict[str, int] = {}
     rules: list[str] = []
     for item in parse_json(output):
@@ -142,19 +133,29 @@ def read_namespace_addresses() -> Addresses:
 class NamespaceKernel:
     """The real kernel of one gateway: two threads that entered its namespace (see netns.py).
 
-    The writer thread applies batches with a long-lived libnftables context (re-opened when the namespace is
-    re-created). The reader thread does what may be slow without delaying changes: listings (nft 1.0.6 fetches
-    every element even for a terse listing, ~1 s at 50,000 forwards), counters, `conntrack -D` (walks the whole
-    conntrack hash); each listing uses a fresh context, released afterwards (a listing of 50,000 elements leaves
-    100-200 MiB in a context's cache otherwise)."""
+    The writer thread applies small batches with a long-lived libnftables context (re-opened when the namespace is
+    re-created) and whole tables with a child `nft -f -` (see apply). The reader thread does what may be slow
+    without delaying changes, all over netlink in-process: reading counters (one set-element dump, parsed as it
+    arrives), cutting conntrack entries (a ctnetlink flush filtered by mark: the kernel walks the conntrack hash,
+    ~1.3 ms with 10,000 entries), and the drift check's requests (one element, a table's chains and rules: no
+    listing of sets)."""
 
-    def __init__(self, netns: str, runner_factory: Callable[[], NftRunner] = open_runner) -> None:
+    def __init__(self, netns: str, runner_factory: Callable[[], NftRunner] = open_runner,
+                 large_runner_factory: Callable[[], NftRunner] | None = None) -> None:
         self.netns = netns
         self._runner_factory = runner_factory
+        if large_runner_factory is None:
+            # The nft program when it is installed (the nftables package has it); else the same runner as small
+            # batches, in a fresh context each time.
+            large_runner_factory = NftProcess if shutil.which("nft") or os.path.exists(NFT_BINARY) \
+                else runner_factory
+        self._large_runner_factory = large_runner_factory
         self._runner: NftRunner | None = None
         self._runner_generation = -1
         self._writer = NamespaceWorker(netns)
         self._reader = NamespaceWorker(netns)
+        self._ct_sock: ctnetlink.CtnetlinkSocket | None = None
+        self._ct_generation = -1
 
     @staticmethod
     def _call(worker: NamespaceWorker, fn: Callable[[], T], what: str) -> T:
@@ -175,50 +176,64 @@ class NamespaceKernel:
 
     def apply(self, batch: str, *, large: bool = False) -> None:
         def job() -> None:
-            try:
-                self._writer_runner().run(batch)
-            finally:
-                if large and self._runner is not None:
-                    # A context that rendered 50,000 elements keeps them cached: start the next one fresh.
-                    self._runner.close()
-                    self._runner = None
+            if large:
+                # A whole table (a full sync, a restore): the nft program in a child process, forked from this
+                # thread and so inside the gateway's namespace. libnftables in-process took ~200 MiB for 50,000
+                # forwards (its parser's and cache's allocations) and glibc kept most of it after nft_ctx_free;
+                # a child's memory goes back to the system when it exits. Costs one fork/exec (~5 ms).
+                runner = self._large_runner_factory()
+                try:
+                    runner.run(batch)
+                finally:
+                    runner.close()
                     release_memory()
+                return
+            self._writer_runner().run(batch)
 
         self._call(self._writer, job, "applying change")
 
-    def _listing(self, fn: Callable[[NftRunner], T], what: str) -> T:
-        def job() -> T:
-            runner = self._runner_factory()
-            try:
-                return fn(runner)
-            finally:
-                runner.close()
-                release_memory()
-
-        return self._call(self._reader, job, what)
-
     def table_shape(self, table: str) -> dict[str, int] | None:
-        def read(runner: NftRunner) -> dict[str, int] | None:
-            try:
-                return parse_table_shape(runner.run(render_check(table), json=True, terse=True))
-            except NftError:
-                return None  # no such table
-
-        return self._listing(read, "checking tables")
+        # Netlink dumps of the table's chains and rules (nfnetlink.table_shape): no set element is listed, so the
+        # cost does not grow with the forwards (an nft terse listing took ~1 s at 50,000).
+        return self._call(self._reader, lambda: nfnetlink.table_shape(table), "checking tables")
 
     def has_element(self, table: str, element: Sentinel) -> bool:
         return self._call(self._reader, lambda: nfnetlink.element_exists(table, element.set_name, element.raw),
                           "checking an element")
 
     def read_counters(self, table: str, set_name: str) -> dict[int, tuple[int, int]]:
-        return self._listing(lambda r: parse_counters(r.run(render_list_set(table, set_name), json=True)),
-                             "reading counters")
+        # One NFT_MSG_GETSETELEM dump parsed as it arrives (nftsets.py): a libnftables JSON listing of 50,000
+        # elements took ~200 MiB of peak memory and seconds of parsing for the same numbers.
+        return self._call(self._reader, lambda: nftsets.read_counter_set(table, set_name), "reading counters")
 
     def read_addresses(self) -> Addresses:
         return self._call(self._writer, read_namespace_addresses, "reading addresses")
 
+    def _reader_ctnetlink(self) -> ctnetlink.CtnetlinkSocket:
+        # Inside the reader thread: one socket kept open (re-opened after the thread re-entered a re-created
+        # namespace, or after a failure). Closing a netlink socket in a busy server took ~11 ms (the socket's
+        # release waits for the kernel), ten times the filtered flush itself: a delete paid it every time.
+        sock = self._ct_sock
+        if sock is None or self._ct_generation != self._reader.generation:
+            if sock is not None:
+                sock.close()
+            self._ct_sock = None
+            sock = ctnetlink.CtnetlinkSocket()
+            self._ct_sock, self._ct_generation = sock, self._reader.generation
+        return sock
+
     def cut(self, marks: list[int]) -> None:
-        self._call(self._reader, lambda: conntrack.delete_by_marks(marks), "cutting open connections")
+        def job() -> None:
+            try:
+                conntrack.delete_by_marks(marks, sock=self._reader_ctnetlink())
+            except BaseException:
+                # A socket that failed mid-answer may hold stale replies: the next cut opens a fresh one.
+                if self._ct_sock is not None:
+                    self._ct_sock.close()
+                    self._ct_sock = None
+                raise
+
+        self._call(self._reader, job, "cutting open connections")
 
     def connections(self) -> list[conntrack.Connection]:
         return self._call(self._reader, conntrack.list_marked, "listing connections")
@@ -247,5 +262,12 @@ class NamespaceKernel:
                 self._writer.run(runner.close, timeout=5)
             except Exception:  # noqa: BLE001 - closing on shutdown must not raise
                 pass
+        sock = self._ct_sock
+        if sock is not None:
+            try:
+                self._reader.run(sock.close, timeout=5)
+            except Exception:  # noqa: BLE001 - closing on shutdown must not raise
+                pass
+            self._ct_sock = None
         self._writer.close()
         self._reader.close()

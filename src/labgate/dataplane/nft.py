@@ -115,11 +115,14 @@ class LibNftables:
             self._ctx = None
 
 
+NFT_BINARY = "/usr/sbin/nft"  # where Debian's nftables package puts it (PATH may lack /usr/sbin)
+
+
 class NftProcess:
     """The `nft` program, fed the batch on stdin."""
 
     def __init__(self, binary: str | None = None) -> None:
-        self.binary = binary or shutil.which("nft") or "/usr/sbin/nft"
+        self.binary = binary or shutil.which("nft") or NFT_BINARY
 
     def run(self, text: str, *, json: bool = False, terse: bool = False) -> str:
         argv = [self.binary] + (["-j"] if json else []) + (["-t"] if terse else []) + ["-f", "-"]
