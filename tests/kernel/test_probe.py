@@ -10,6 +10,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import resource
+import socket
 import subprocess
 import threading
 import time
@@ -214,6 +216,72 @@ def test_tcp_concurrency_limit_still_probes_everything(lab):
     assert [t for t, r in found.items() if r.state == "open"] == [("10.9.0.6", 7200)]
     assert sum(r.state == "refused" for r in found.values()) == 39
     assert sum(r.state == "timeout" for r in found.values()) == 5
+
+
+def _silent_ports(lab, count: int) -> list[tuple[str, int]]:
+    """`count` TCP targets that never answer: ports of one address routed to the lab namespace, which drops them
+    (it does not forward). One address, so one neighbour entry."""
+    ip("-n", lab.gateway_ns, "route", "add", "10.98.0.0/16", "via", "10.9.0.5")
+    return [("10.98.0.1", port) for port in range(1, count + 1)]
+
+
+def _peak_descriptors(job) -> tuple[object, int, list[OSError]]:
+    """Run job() in a thread while this one samples the process's open descriptors and, once the job holds more
+    than 50, opens (and closes) 100 sockets of its own: (what job returned, peak count, errors opening)."""
+    out: list = []
+    thread = threading.Thread(target=lambda: out.append(job()), daemon=True)
+    before = open_fds()
+    peak, errors, tried = before, [], False
+    thread.start()
+    while thread.is_alive():
+        peak = max(peak, open_fds())
+        if not tried and peak > before + 50:
+            tried, mine = True, []
+            try:
+                for _ in range(100):
+                    mine.append(socket.socket())
+            except OSError as exc:
+                errors.append(exc)
+            for sock in mine:
+                sock.close()
+        time.sleep(0.005)
+    thread.join()
+    assert tried, "the probe never held more than 50 sockets"
+    return out[0], peak - before, errors
+
+
+def test_tcp_timeouts_of_silent_targets_overlap(lab):
+    # 1,500 silent targets: with the default concurrency every connect is in flight at once, so their timeouts
+    # run together (one timeout for all, not one per 1,000).
+    targets = _silent_ports(lab, 1500)
+    # Room for all of them above the probe's headroom (as `serve` raises its soft limit to the hard one).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = open_fds() + 1500 + 2048 + 200
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, wanted)) if hard != resource.RLIM_INFINITY
+                                                else max(soft, wanted), hard))
+    try:
+        found, peak, errors = _peak_descriptors(lambda: in_netns(lab.gateway_ns,
+                                                                 lambda: tcp_probe(targets, timeout=TIMEOUT)))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert [r.state for r in found.values()] == ["timeout"] * 1500
+    assert peak >= 1500 and not errors
+
+
+def test_tcp_probe_leaves_descriptors_to_the_rest_of_the_process(lab):
+    # A small descriptor limit: the probe must not take every free descriptor, however high its concurrency, or
+    # the rest of the process (API connections, the database, libnftables) cannot open one.
+    targets = _silent_ports(lab, 600)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (open_fds() + 400, hard))
+    try:
+        found, peak, errors = _peak_descriptors(lambda: in_netns(
+            lab.gateway_ns, lambda: tcp_probe(targets, timeout=TIMEOUT, concurrency=100_000)))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert not errors, errors
+    assert [r.state for r in found.values()] == ["timeout"] * 600
+    assert peak <= 300
 
 
 # ------------------------------------------------------------------------------------------- a lab going away

@@ -8,7 +8,9 @@ Design notes (the why):
 - ICMP uses one raw socket per address family (needs CAP_NET_RAW, i.e. root; unprivileged `SOCK_DGRAM` ICMP sockets
   need `net.ipv4.ping_group_range`, which is off in every new namespace).  All echo requests leave through it, paced
   at `rate` packets/s, and one loop matches replies by identifier, sequence, a per-call random token in the payload
-  and the reply's source.  No `ping`/`fping` process: one cycle over 10,000 addresses is a few seconds, not minutes.
+  and the reply's source.  No `ping`/`fping` process: one cycle over 50,000 addresses is a few seconds, not minutes.
+  The default rate, 20,000/s (about 10 Mbit/s of 64-byte requests; each address gets one or two), is what keeps
+  a cycle over 50,000 addresses, half of them silent, near 5 s: requests sent / rate + 2 timeouts.
 - A raw ICMP socket sees every ICMP packet of the namespace (other pingers', other probe calls'), hence the random
   identifier and token; `ICMP_FILTER` keeps out every type but echo reply, destination unreachable and time exceeded.
 - An ICMP error about one of our requests (host/net unreachable, prohibited, TTL exceeded) makes that address down at
@@ -26,7 +28,13 @@ Design notes (the why):
   neighbours in any namespace.  Those addresses come back inconclusive.  A gateway with large directly connected
   lab networks needs a larger gc_thresh3 (a host setting); routed lab networks need one entry per next hop only.
 - TCP: non-blocking connects driven by a selector, at most `concurrency` at once; each socket is closed with
-  SO_LINGER 0 (a reset, no TIME_WAIT), so repeated cycles do not pile up sockets.
+  SO_LINGER 0 (a reset, no TIME_WAIT), so repeated cycles do not pile up sockets.  A silent target holds its slot
+  for the whole timeout, so the TCP part lasts about (silent targets / concurrency) x timeout: the default of
+  10,000 connects in flight makes 25,000 silent targets 2.5 s, where 1,000 made them 25 s.  Each connect in flight is
+  a descriptor, so a probe never takes more than the process can spare (`_descriptor_budget`): it must not starve
+  the API server's connections, the database or libnftables' netlink socket (which exits the process on EMFILE).
+  Each connect, answered or not, is also a conntrack entry in the gateway namespace (a silent one stays 120 s in
+  SYN_SENT with the kernel's default timeouts), which nf_conntrack_max must leave room for.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import errno
 import heapq
 import ipaddress
 import os
+import resource
 import selectors
 import socket
 import struct
@@ -48,7 +57,12 @@ from typing import Iterable
 from labgate.dataplane.netns import NamespaceWorker
 
 __all__ = ["IcmpResult", "TcpResult", "NamespaceProbe", "icmp_probe", "tcp_probe", "probe_in_namespace",
-           "TCP_STATES"]
+           "TCP_STATES", "DEFAULT_RATE", "DEFAULT_CONCURRENCY"]
+
+DEFAULT_RATE = 20_000           # ICMP echo requests per second (see the design notes above)
+DEFAULT_CONCURRENCY = 10_000    # TCP connects in flight at most (and never more than _descriptor_budget())
+_FD_HEADROOM = 2048             # descriptors a TCP probe leaves to the rest of the process (API connections: 1,024
+                                # at most by default, the database, netlink sockets, sinks), when it can
 
 # Kernel constants Python's socket module does not export (Linux, asm-generic values).
 _SOL_RAW = 255
@@ -468,7 +482,7 @@ class _IcmpRun:
 
 
 def icmp_probe(addresses: Iterable[str], *, timeout: float = 1.0, attempts: int = 2,
-               rate: int = 5000) -> dict[str, IcmpResult]:
+               rate: int = DEFAULT_RATE) -> dict[str, IcmpResult]:
     """Ping every address (ICMP echo) from the calling thread's network namespace; return {address: IcmpResult}
     with one entry per distinct input string (duplicates are probed once).
 
@@ -477,8 +491,8 @@ def icmp_probe(addresses: Iterable[str], *, timeout: float = 1.0, attempts: int 
     A request the kernel refuses to send (a local firewall, a full neighbour table) is retried after a backoff, and
     after 3 refusals the address comes back `inconclusive`.  Invalid addresses come back not alive with an error;
     nothing raises but PermissionError (no CAP_NET_RAW).  The call lasts about (requests sent) / rate + timeout,
-    and at least timeout * attempts when some address stays silent: 10,000 addresses, half of them silent, with
-    the defaults take 15,000 / 5,000 + 1 = 4 s.
+    and at least timeout * attempts when some address stays silent: 50,000 addresses, half of them silent, with
+    the defaults take about 75,000 / 20,000 + 1 = 4.75 s.
     """
     if timeout <= 0 or attempts < 1 or rate < 1:
         raise ValueError("timeout must be > 0, attempts >= 1 and rate >= 1")
@@ -528,17 +542,35 @@ def _tcp_state(code: int) -> str:
     return "error"
 
 
+def _descriptor_budget() -> int:
+    """How many descriptors a TCP probe may hold at once: what the process's soft RLIMIT_NOFILE leaves free now,
+    minus _FD_HEADROOM for everything else; a quarter of the free ones when that leaves fewer (a small limit)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    try:
+        used = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        used = 0
+    free = soft - used
+    return max(1, free // 4, free - _FD_HEADROOM)
+
+
 def tcp_probe(targets: Iterable[tuple[str, int]], *, timeout: float = 1.0,
-              concurrency: int = 1000) -> dict[tuple[str, int], TcpResult]:
+              concurrency: int = DEFAULT_CONCURRENCY) -> dict[tuple[str, int], TcpResult]:
     """Try a TCP connect to every (address, port) from the calling thread's network namespace; return
     {(address, port): TcpResult} with one entry per distinct input pair.
 
-    At most `concurrency` connects are in flight; each gets `timeout` seconds from its start.  Every socket is
-    closed (with a reset) before returning.  Invalid targets come back as state "error", never raise.  When the
-    process runs out of file descriptors, the probe waits for its own sockets to finish rather than failing.
+    At most `concurrency` connects are in flight, and never more than the descriptors the process can spare
+    (its soft RLIMIT_NOFILE less those open and a headroom of 2,048, or a quarter of the free ones, whichever
+    leaves more); each gets `timeout` seconds from its start, so silent targets wait together, not one after the
+    other.  Every socket is closed (with a reset) before returning.  Invalid targets come back as state "error",
+    never raise.  When the process runs out of file descriptors anyway, the probe waits for its own sockets to
+    finish rather than failing.
     """
     if timeout <= 0 or concurrency < 1:
         raise ValueError("timeout must be > 0 and concurrency >= 1")
+    concurrency = min(concurrency, _descriptor_budget())
     results: dict[tuple[str, int], TcpResult] = {}
     queue: deque[tuple[tuple[str, int], tuple, socket.AddressFamily]] = deque()
     order: dict[tuple[str, int], None] = {}     # distinct targets, in input order
@@ -641,8 +673,8 @@ def tcp_probe(targets: Iterable[tuple[str, int]], *, timeout: float = 1.0,
 
 
 def probe_in_namespace(netns: str, addresses: Iterable[str] = (), tcp_targets: Iterable[tuple[str, int]] = (), *,
-                       timeout: float = 1.0, attempts: int = 2, rate: int = 5000, tcp_timeout: float | None = None,
-                       concurrency: int = 1000) -> NamespaceProbe:
+                       timeout: float = 1.0, attempts: int = 2, rate: int = DEFAULT_RATE,
+                       tcp_timeout: float | None = None, concurrency: int = DEFAULT_CONCURRENCY) -> NamespaceProbe:
     """Run icmp_probe(addresses) and tcp_probe(tcp_targets) at the same time inside network namespace `netns`
     ("" = this process's own), each in a thread that entered it, and return both results.
 
