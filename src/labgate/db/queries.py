@@ -34,7 +34,11 @@ def enabled_rule_tuples(s: Session, gateway: str) -> list[tuple]:
     """The same rows as plain tuples in the dataplane's RuleRow order (id, protocol, external_port, port_count,
     target_address, target_port, allowed_sources as a tuple of CIDR texts): what a full render reads, with no
     object per row. The renderer checks every field again before anything reaches nft."""
-    result = s.execute(select(*RULE_COLUMNS).where(Forward.gateway == gateway, LIVE).order_by(Forward.id))
+    # Through the session's connection (Core): the same transaction and pending changes, without the ORM's
+    # per-row processing (~35 ms of 110 at 50,000 rows).
+    s.flush()
+    result = s.connection().execute(select(*RULE_COLUMNS).where(Forward.gateway == gateway, LIVE)
+                                    .order_by(Forward.id))
     return [(i, p, ep, pc, ta, tp, _sources(src) if src and src != "[]" else ())
             for i, p, ep, ta, tp, pc, src in result]
 
