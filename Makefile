@@ -58,8 +58,10 @@ test: test-deps deps
 	@if [ "$(PG_PASS)" != 0 ]; then echo "--- the same on PostgreSQL (LG_TEST_DATABASE=postgresql)"; \
 	  LG_TEST_VIA_MAKE=1 LG_TEST_DATABASE=postgresql $(BIN)/python -m pytest -ra $(PG_TESTS) $(PYTEST_ARGS); fi
 
-# As root: `make bench` (full, ~16 min) or `make bench BENCH_ARGS=--quick` (smoke run); results in bench/results/.
+# As root: `make bench` (full, ~40 min) or `make bench BENCH_ARGS=--quick` (smoke run); results in bench/results/.
 bench: bench-deps deps
+	@test -x $(BIN)/py-spy || $(BIN)/pip install -q py-spy \
+	  || echo "note: py-spy could not be installed; the bench runs without its profile"
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 demo: deps

@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -270,3 +271,196 @@ def git_info() -> dict:
 
 def now_utc() -> str:
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Profiling a server with py-spy (sampling, from outside the process: nothing to change in the server)
+
+
+def py_spy_binary() -> str | None:
+    """py-spy next to this interpreter (the venv: `.venv/bin/pip install py-spy`), else on PATH."""
+    local = Path(sys.executable).parent / "py-spy"
+    return str(local) if local.exists() else shutil.which("py-spy")
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process (all its threads), in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Profiler:
+    """`py-spy record --format raw` (collapsed stacks) attached to a running process until stop().
+
+    Every thread is sampled, idle ones too (--idle, so waiting shows), without pausing the process (--nonblocking:
+    py-spy reads its memory while it runs), at `rate` samples a second. start() and stop() never raise: when py-spy
+    is missing or cannot attach, `error` says why and the measurement it accompanies goes on."""
+
+    def __init__(self, pid: int, out: Path, rate: int = 100) -> None:
+        self.pid, self.out, self.rate = pid, out, rate
+        self.proc: subprocess.Popen | None = None
+        self.error: str | None = None
+        self.seconds = 0.0
+        self.cpu_seconds: float | None = None
+        self._t0 = 0.0
+        self._cpu0: float | None = None
+
+    def start(self) -> None:
+        binary = py_spy_binary()
+        if binary is None:
+            self.error = "py-spy is not installed (.venv/bin/pip install py-spy)"
+            return
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [binary, "record", "--pid", str(self.pid), "--output", str(self.out), "--format", "raw", "--nolineno",
+             "--threads", "--idle", "--nonblocking", "--rate", str(self.rate)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(1.0)  # attaching takes a few hundred ms; an error shows up at once
+        if self.proc.poll() is not None:
+            self.error = f"py-spy could not attach ({self.proc.returncode}): {self.proc.stdout.read().strip()[-500:]}"
+            self.proc = None
+            return
+        self._t0, self._cpu0 = time.monotonic(), process_cpu_seconds(self.pid)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.seconds = time.monotonic() - self._t0
+        cpu1 = process_cpu_seconds(self.pid)
+        if cpu1 is not None and self._cpu0 is not None:
+            self.cpu_seconds = cpu1 - self._cpu0
+        self.proc.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+        try:
+            output, _ = self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            output, _ = self.proc.communicate()
+        if not self.out.exists() or not self.out.stat().st_size:
+            self.error = f"py-spy wrote no samples ({self.proc.returncode}): {(output or '').strip()[-500:]}"
+        self.proc = None
+
+
+# Where a sample's time goes, by the first frame (from the innermost one outwards) whose file is recognised.
+PROFILE_GROUPS = (
+    ("HTTP (uvicorn, h11)", ("uvicorn/", "h11/", "httptools/", "http/")),
+    ("pydantic", ("pydantic/", "pydantic_core/")),
+    ("FastAPI / Starlette / anyio", ("fastapi/", "starlette/", "anyio/", "fastapi_offline/")),
+    ("SQLAlchemy", ("sqlalchemy/",)),
+    ("logging", ("logging/",)),
+    ("asyncio event loop", ("asyncio/", "selectors.py")),
+    ("labgate", ("labgate/",)),
+)
+DATABASE = "database (SQLite, in C)"
+KERNEL = "nft / netlink / conntrack (kernel)"
+WAITING = "waiting (idle threads, locks, queues)"
+# Innermost Python frames that mean the thread is blocked: in C below them (lock, queue, select, child process).
+_WAIT_LEAVES = (
+    ("threading.py", ("wait", "join", "acquire", "_wait_for_tstate_lock")),
+    ("queue.py", ("get", "put")),
+    ("selectors.py", ("select",)),
+    ("concurrent/futures/thread.py", ("_worker",)),
+    ("anyio/_backends/_asyncio.py", ("WorkerThread.run",)),
+    ("subprocess.py", ("wait", "_wait", "_try_wait", "communicate", "_communicate")),
+    ("multiprocessing/", ("wait", "poll", "recv", "get")),
+    # The SQLite write gate (db/session.py): its self time is the wait for the lock.
+    ("labgate/db/session.py", ("make_engine.<locals>._on_begin",)),
+    # The connection watcher reads `conntrack -E` output: its self time is a blocking read.
+    ("labgate/workers/connections.py", ("ConnectionWatcher._run",)),
+)
+_DB_LEAF = ("do_execute", "do_executemany", "do_commit", "do_rollback", "do_begin", "connect", "fetchall",
+            "fetchone", "fetchmany", "_fetchall_impl", "_fetchone_impl", "_fetchmany_impl")
+_KERNEL_FILES = ("labgate/dataplane/nft.py", "labgate/dataplane/nfnetlink.py", "labgate/dataplane/ctnetlink.py",
+                 "labgate/dataplane/nftsets.py", "labgate/dataplane/conntrack.py", "labgate/dataplane/netns.py",
+                 "subprocess.py")
+
+
+def _split_frame(frame: str) -> tuple[str, str]:
+    """'Class.func (path/file.py)' -> ('Class.func', 'path/file.py')."""
+    name, sep, rest = frame.rpartition(" (")
+    return (name, rest[:-1]) if sep and rest.endswith(")") else (frame, "")
+
+
+def _waiting(func: str, path: str) -> bool:
+    for file, names in _WAIT_LEAVES:
+        if (f"/{file}" in f"/{path}" if file.endswith("/") else path == file or path.endswith("/" + file)) and \
+                any(func == name or func.endswith("." + name) for name in names):
+            return True
+    return False
+
+
+def _group(frames: list[str]) -> str:
+    """The group of one stack (outermost frame first)."""
+    func, path = _split_frame(frames[-1]) if frames else ("", "")
+    if _waiting(func, path):
+        return WAITING
+    if "sqlalchemy/engine/" in path and func.rpartition(".")[2] in _DB_LEAF or path.startswith("sqlite3/"):
+        return DATABASE
+    for frame in reversed(frames):
+        func, path = _split_frame(frame)
+        if any(path.endswith(k) or path.startswith(k) for k in _KERNEL_FILES):
+            return KERNEL
+        for group, prefixes in PROFILE_GROUPS:
+            if any(p in path if p.endswith("/") else path.endswith(p) for p in prefixes):
+                return group
+    return "other (stdlib, interpreter)"
+
+
+def summarise_profile(raw: str, *, top: int = 15, seconds: float | None = None, rate: int | None = None) -> dict:
+    """Summarise py-spy's collapsed stacks (`thread (tid): name;frame;...;frame count` a line).
+
+    Busy samples are those whose innermost frame is not a known blocking call (_WAIT_LEAVES); the tops are over
+    busy samples. self = the function is the innermost frame; inclusive = it is anywhere on the stack (once a stack)."""
+    per_thread: dict[str, list[int]] = {}           # name -> [samples, busy samples]
+    groups: dict[str, int] = {}
+    self_counts: dict[str, int] = {}
+    incl_counts: dict[str, int] = {}
+    wait_counts: dict[str, int] = {}
+    total = busy = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        thread = "?"
+        if frames and frames[0].startswith("thread ("):
+            thread = frames.pop(0).partition(": ")[2] or "?"
+            thread = thread.rstrip("0123456789-_ ") or thread  # pool threads: one line for all of them
+        group = _group(frames)
+        stats = per_thread.setdefault(thread, [0, 0])
+        stats[0] += count
+        total += count
+        groups[group] = groups.get(group, 0) + count
+        if group == WAITING:
+            # What blocks: the innermost frame below the wait (its caller), for the top of what threads wait in.
+            caller = frames[-2] if len(frames) >= 2 else frames[-1] if frames else "?"
+            wait_counts[caller] = wait_counts.get(caller, 0) + count
+            continue
+        stats[1] += count
+        busy += count
+        if frames:
+            self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + count
+        for frame in set(frames):
+            incl_counts[frame] = incl_counts.get(frame, 0) + count
+
+    def pct(value: int, of: int) -> float:
+        return round(100.0 * value / of, 1) if of else 0.0
+
+    def ranked(counts: dict[str, int], of: int) -> list[dict]:
+        return [{"function": k, "samples": v, "percent": pct(v, of)}
+                for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {
+        "samples": total, "busy_samples": busy, "seconds": seconds, "rate_hz": rate,
+        "threads": {k: {"samples": v[0], "busy_percent": pct(v[1], v[0])}
+                    for k, v in sorted(per_thread.items(), key=lambda kv: -kv[1][1])},
+        "groups": [{"group": g, "samples": c, "percent_all": pct(c, total),
+                    "percent_busy": None if g == WAITING else pct(c, busy)}
+                   for g, c in sorted(groups.items(), key=lambda kv: -kv[1])],
+        "top_self": ranked(self_counts, busy),
+        "top_inclusive": ranked(incl_counts, busy),
+        "top_waiting_in": ranked(wait_counts, total)[:8],
+    }

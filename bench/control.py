@@ -1,22 +1,36 @@
 """Control plane: labgate's API and reconcile loop against the seeds' iptables commands, at several table sizes.
 
-Method, per size N (e.g. 100, 10,000, 50,000):
+Method, per size N (e.g. 100, 10,000, 50,000, 200,000):
   1. A lab (client/gateway/lab namespaces) and a SQLite file in a temporary folder.  N forwards (and their port
      allocations) are bulk-inserted into the database with SQLAlchemy, as if created earlier.
   2. `python -m labgate serve --config <toml>` starts as a subprocess with the gateway in the lab's gateway namespace
      and the real nftables dataplane.  It restores the N forwards into the kernel before it serves: the bench times
      spawn -> /healthz "ok", reads the restore's own duration from the server log (event=full_sync), and checks that
-     the kernel map holds N elements.
+     the log counts N forwards and that the first and the last forward's map elements are in the kernel (`nft get
+     element`: a full listing takes ~8 s at 200,000, so the whole map is counted once, at the end of step 5).
   3. Sequential creates through the API (one keep-alive HTTP connection, stdlib client): latency from sending the
      request to reading the 201.  A few creates are each followed at once by a TCP connection from the client
      namespace through the new port to an echo service: 201 must mean "live".
-  4. Sequential deletes of those forwards (204); then creates per second with 8 concurrent clients.
-  5. The server's VmRSS and VmHWM, then it is stopped.
+  4. Sequential deletes of those forwards (204): the first half as they are; then 10,000 unrelated conntrack
+     entries (TCP and UDP between made-up addresses, no mark, timeout 600 s) are inserted into the gateway
+     namespace's conntrack table over netlink (labgate.dataplane.ctnetlink.create_entries, from a thread in the
+     namespace; counted with `conntrack -C`), and the second half is deleted with them there (a delete cuts the
+     forward's connections, so it must not walk them all).  Then creates per second with 8 concurrent clients and,
+     at one size (50,000 in the full run), with 32: the single-replica ceiling, with py-spy attached to the server
+     for that run (`py-spy record --format raw --idle --threads --nonblocking`, 100 Hz: it reads the server's
+     memory without stopping it, but takes some CPU of the same 2 cores); its collapsed stacks are summarised by
+     common.summarise_profile (where the samples go: HTTP, pydantic, SQLAlchemy, the database, nft/netlink,
+     waiting).  If py-spy is missing or cannot attach, the run goes on and the report says so.
+  5. The server's VmRSS and VmHWM (the peak over its whole life, the restore included), the map counted (a full
+     listing) against the API's count, then it is stopped.
   6. In this process, against the same database and namespace, each repeat times
      (a) a full reconcile as the server does it (read the committed forwards, render, one nft batch),
      (b) GatewayDataplane.sync() (a full sync) with the rules already in memory (render + one batch), and
      (c) the baseline: `ip netns exec NS nft -f FILE` of exactly the batch that full sync just sent (recorded by
          wrapping labgate's nft runner: the forwarding table and the usage-counter table, as one batch).
+     At least 3 repeats (or reconcile_repeats if fewer), more until reconcile_repeats or reconcile_budget_s (at
+     200,000 a repeat takes ~30 s: 3 repeats).  Then the drift check the reconcile loop runs every pass
+     (GatewayDataplane.check_tables()), timed alone: median of 3 to 20 calls (until 5 s are spent).
 Baseline for 3-4: the seeds' commands (seeds.py) in a lab namespace of the same kind holding N DNAT rules.
 """
 
@@ -35,7 +49,8 @@ from urllib.parse import urlsplit
 
 from labgate import lab as lablib
 
-from bench.common import Sandbox, enter_netns, in_ns, percentile, run_in_ns, summary, timed_samples
+from bench.common import (Profiler, Sandbox, enter_netns, in_ns, percentile, run_in_ns, summarise_profile, summary,
+                          timed_samples)
 from bench.seeds import Iptables
 
 GATEWAY = "bench"
@@ -59,6 +74,11 @@ class ControlConfig:
     backends: list[str]
     bulk: int = 0                # forwards created (and then deleted) in one batch request, at the smallest size,
     #                              and as many single creates, timed the same way, as its baseline
+    reconcile_budget_s: float = 90.0  # repeats of step 6 stop past this (after at least 3)
+    conntrack_entries: int = 10_000   # unrelated conntrack entries present for the second half of the deletes
+    wide_clients: int = 32       # concurrent clients of the profiled run (0: no such run)
+    wide_at: int = 50_000        # ... at this size (if measured)
+    profile: bool = True         # py-spy attached to the server during that run
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -121,13 +141,51 @@ def _free_port() -> int:
 
 
 def kernel_elements(ns: str, table: str = TABLE) -> int:
-    """How many elements the table's `ids` map holds right now (a full listing: ~2 s at 50,000)."""
+    """How many elements the table's `ids` map holds right now (a full listing: ~2 s at 50,000, ~8 s at 200,000;
+    call it only where a count is needed: has_elements checks a few)."""
     out = run_in_ns(ns, ["nft", "-j", "list", "map", "ip", table, "ids"]).stdout
     for item in json.loads(out)["nftables"]:
         if "map" in item:
             # Not the sentinel element (0.0.0.0 . tcp . 0: labgate's cheap drift check), which no forward is.
             return sum(1 for e in item["map"].get("elem", []) if '"0.0.0.0"' not in json.dumps(e))
     return 0
+
+
+def has_elements(ns: str, external: str, ports: list[int], table: str = TABLE) -> bool:
+    """Are the `ids` map elements of these (TCP) external ports all in the kernel?  (`nft get element`: no listing.)"""
+    keys = ", ".join(f"{external} . tcp . {p}" for p in ports)
+    return run_in_ns(ns, ["nft", "get", "element", "ip", table, "ids", f"{{ {keys} }}"], check=False).returncode == 0
+
+
+def conntrack_count(ns: str) -> int:
+    """How many entries the namespace's conntrack table holds (`conntrack -C`)."""
+    return int(run_in_ns(ns, ["conntrack", "-C"]).stdout.strip())
+
+
+def unrelated_tuples(count: int) -> list[tuple[str, str, int, str, int]]:
+    """count distinct (protocol, src, sport, dst, dport), TCP and UDP alternately, from the benchmarking network
+    (198.18.0.0/15) to TEST-NET-3: no forward's traffic, no mark."""
+    return [("tcp" if i % 2 else "udp", f"198.18.{(i >> 8) & 0xFF}.{i & 0xFF}", 20_000 + i % 40_000,
+             f"203.0.113.{1 + i % 200}", 443 if i % 2 else 53) for i in range(count)]
+
+
+def load_conntrack(ns: str, count: int, log) -> dict:
+    """Insert `count` unrelated entries into ns's conntrack table over netlink (in process, from a thread in ns)."""
+    from labgate.dataplane import ctnetlink
+
+    before = conntrack_count(ns)
+    entries = unrelated_tuples(count)
+    t0 = time.perf_counter()
+    accepted = in_ns(ns, lambda: ctnetlink.create_entries(entries, timeout=600))
+    seconds = time.perf_counter() - t0
+    after = conntrack_count(ns)
+    if after - before < count:
+        raise RuntimeError(f"conntrack holds {after} entries after inserting {count} (was {before}; the kernel "
+                           f"accepted {accepted})")
+    time.sleep(1.0)  # the server hears of count new entries (conntrack events): let it take them in first
+    log(f"  {count} unrelated conntrack entries inserted in {seconds:.2f}s (conntrack -C: {before} -> {after})")
+    return {"entries": count, "accepted": accepted, "insert_s": seconds, "count_before": before,
+            "count_after": after}
 
 
 def read_memory(pid: int) -> dict:
@@ -231,11 +289,22 @@ class LabgateServer:
             time.sleep(0.02)
         raise RuntimeError(f"labgate did not become ready within {timeout}s")
 
+    def restored_forwards(self) -> int | None:
+        """How many forwards the first full sync installed, as the server logged it."""
+        found = re.search(rf"event=full_sync gateway={GATEWAY} forwards=(\d+)", self.log_path.read_text(errors="replace"))
+        return int(found.group(1)) if found else None
+
     def restore_seconds(self) -> float | None:
         """The duration of the first full sync, as the server logged it."""
         found = re.search(rf"event=full_sync gateway={GATEWAY} forwards=\d+ seconds=([\d.]+)",
                           self.log_path.read_text(errors="replace"))
         return float(found.group(1)) if found else None
+
+    def restore_phases(self) -> dict | None:
+        """The first full sync's phases (reading the rows, rendering, nft), as the server logged them."""
+        found = re.search(rf"event=full_sync gateway={GATEWAY} forwards=\d+ seconds=[\d.]+ load=([\d.]+) "
+                          r"render=([\d.]+) apply=([\d.]+)", self.log_path.read_text(errors="replace"))
+        return dict(zip(("load_s", "render_s", "apply_s"), map(float, found.groups()))) if found else None
 
     def memory(self) -> dict:
         assert self.proc is not None
@@ -294,9 +363,12 @@ def measure_labgate(sandbox: Sandbox, cfg: ControlConfig, size: int, log) -> dic
     log(f"  labgate N={size}: {size} rows inserted in {out['prepopulate_seconds']:.1f}s; starting the server")
     out["ready_seconds"] = server.start()
     out["restore_seconds"] = server.restore_seconds()
-    out["kernel_elements_after_restore"] = kernel_elements(lab.gateway_ns)
-    if out["kernel_elements_after_restore"] != size:
-        raise RuntimeError(f"restored {out['kernel_elements_after_restore']} elements, expected {size}")
+    out["restore_phases"] = server.restore_phases()
+    out["restored_forwards"] = server.restored_forwards()
+    if out["restored_forwards"] != size or not has_elements(lab.gateway_ns, lab.external_address,
+                                                            [FIRST_PORT, FIRST_PORT + size - 1]):
+        raise RuntimeError(f"the restore installed {out['restored_forwards']} forwards (expected {size}), or the "
+                           "first or last is not in the kernel")
     out["memory_after_restore"] = server.memory()
     log(f"  labgate N={size}: ready in {out['ready_seconds']:.2f}s (restore {out['restore_seconds']}s), "
         f"RSS {out['memory_after_restore']['rss_mib']:.0f} MiB")
@@ -324,9 +396,18 @@ def measure_labgate(sandbox: Sandbox, cfg: ControlConfig, size: int, log) -> dic
         if live != cfg.live_checks:
             raise RuntimeError(f"only {live}/{cfg.live_checks} forwards carried traffic right after their 201")
 
-        samples = timed_samples(lambda i: api.delete(created[i]), n_max=len(created), budget_s=cfg.budget_s * 2,
-                                n_min=len(created))
+        # The first half as they are; the second half with unrelated conntrack entries in the gateway's table.
+        first, rest = (created[:len(created) // 2], created[len(created) // 2:]) if cfg.conntrack_entries \
+            else (created, [])
+        samples = timed_samples(lambda i: api.delete(first[i]), n_max=len(first), budget_s=cfg.budget_s * 2,
+                                n_min=len(first))
         out["delete_ms"] = summary([s * 1000 for s in samples])
+        if rest:
+            out["conntrack_load"] = load_conntrack(lab.gateway_ns, cfg.conntrack_entries, log)
+            samples = timed_samples(lambda i: api.delete(rest[i]), n_max=len(rest), budget_s=cfg.budget_s * 2,
+                                    n_min=len(rest))
+            out["delete_with_conntrack_ms"] = summary([s * 1000 for s in samples])
+            out["conntrack_load"]["count_after_deletes"] = conntrack_count(lab.gateway_ns)
 
         if cfg.bulk and size == min(cfg.sizes):
             out["bulk"] = measure_bulk(api, lab, target, cfg.bulk, log)
@@ -335,6 +416,8 @@ def measure_labgate(sandbox: Sandbox, cfg: ControlConfig, size: int, log) -> dic
             cfg.concurrent_clients, cfg.concurrent_creates, cfg.budget_s,
             setup=lambda w: Api(server.url, server.token),
             job=lambda client, w, i: client.create(target, f"c{w}-{i}"))
+        if cfg.wide_clients and size == cfg.wide_at:
+            out["wide_concurrent_creates"], out["profile"] = measure_wide(server, cfg, target, log)
         out["memory_at_end"] = server.memory()
         out["forwards_at_end"] = api.count()
         out["kernel_elements_at_end"] = kernel_elements(lab.gateway_ns)
@@ -345,14 +428,58 @@ def measure_labgate(sandbox: Sandbox, cfg: ControlConfig, size: int, log) -> dic
         api.close()
         server.stop()
     c = out["create_ms"]
+    loaded = out.get("delete_with_conntrack_ms")
     log(f"  labgate N={size}: create p50 {c['p50']:.2f} ms p99 {c['p99']:.2f} ms (n={c['n']}), delete p50 "
-        f"{out['delete_ms']['p50']:.2f} ms, {out['concurrent_creates']['per_second']:.0f} creates/s with "
-        f"{cfg.concurrent_clients} clients, RSS {out['memory_at_end']['rss_mib']:.0f} MiB")
+        f"{out['delete_ms']['p50']:.2f} ms"
+        + (f" ({loaded['p50']:.2f} ms with {cfg.conntrack_entries} conntrack entries)" if loaded else "")
+        + f", {out['concurrent_creates']['per_second']:.0f} creates/s with {cfg.concurrent_clients} clients, "
+        f"RSS {out['memory_at_end']['rss_mib']:.0f} MiB, peak {out['memory_at_end']['hwm_mib']:.0f} MiB")
 
-    out["reconcile"] = measure_reconcile(server, cfg.reconcile_repeats, log)
+    out["reconcile"] = measure_reconcile(server, cfg.reconcile_repeats, log, budget_s=cfg.reconcile_budget_s)
     echo.stop()
     sandbox.drop_lab(lab)
     return out
+
+
+def measure_wide(server: LabgateServer, cfg: ControlConfig, target: str, log) -> tuple[dict, dict]:
+    """Creates/s with cfg.wide_clients concurrent clients, py-spy recording the server meanwhile."""
+    assert server.proc is not None
+    profiler = Profiler(server.proc.pid, server.folder / "profile.txt") if cfg.profile else None
+    if profiler is not None:
+        profiler.start()
+    try:
+        result = _concurrent(cfg.wide_clients, cfg.concurrent_creates, cfg.budget_s,
+                             setup=lambda w: Api(server.url, server.token),
+                             job=lambda client, w, i: client.create(target, f"w{w}-{i}"))
+    finally:
+        if profiler is not None:
+            profiler.stop()
+    if profiler is None:
+        profile: dict = {"error": "not asked for (profile = False)"}
+    elif profiler.error:
+        profile = {"error": profiler.error}
+    else:
+        profile = summarise_profile(profiler.out.read_text(errors="replace"), seconds=profiler.seconds,
+                                    rate=profiler.rate)
+        profile["server_cpu_s"] = profiler.cpu_seconds
+        profile["server_cpu_cores"] = (profiler.cpu_seconds / profiler.seconds
+                                       if profiler.cpu_seconds is not None and profiler.seconds else None)
+    result["profiled"] = profiler is not None and not profiler.error
+    profile.update(clients=cfg.wide_clients, forwards=server_forwards(server), creates_per_s=result["per_second"])
+    log(f"  {cfg.wide_clients} clients: {result['per_second']:.0f} creates/s"
+        + (f" (py-spy: {profile['error']})" if "error" in profile else
+           f", py-spy {profile['samples']} samples, server CPU {profile.get('server_cpu_cores') or 0:.2f} cores"))
+    return result, profile
+
+
+def server_forwards(server: LabgateServer) -> int | None:
+    api = Api(server.url, server.token)
+    try:
+        return api.count()
+    except Exception:  # noqa: BLE001 - only a label
+        return None
+    finally:
+        api.close()
 
 
 def measure_bulk(api: Api, lab: lablib.Lab, target: str, n: int, log) -> dict:
@@ -390,14 +517,15 @@ def measure_bulk(api: Api, lab: lablib.Lab, target: str, n: int, log) -> dict:
 
 
 class RecordingRunner:
-    """Wraps labgate's nft runner and keeps the last batch it ran, so the baseline loads exactly that text."""
+    """Wraps labgate's runner of whole-table batches and keeps the last batch it ran, so the baseline loads exactly
+    that text."""
 
     last: str = ""
 
     def __init__(self) -> None:
-        from labgate.dataplane.nft import open_runner
+        from labgate.dataplane.nft import NftProcess
 
-        self._inner = open_runner()
+        self._inner = NftProcess()  # what NamespaceKernel uses for whole tables
 
     def run(self, text: str, **kw) -> str:
         RecordingRunner.last = text
@@ -407,58 +535,70 @@ class RecordingRunner:
         self._inner.close()
 
 
-def measure_reconcile(server: LabgateServer, repeats: int, log) -> dict:
-    """Step 6: the full reconcile, full_sync alone, and a bare `nft -f` of the same text, interleaved."""
+def measure_reconcile(server: LabgateServer, repeats: int, log, budget_s: float = 90.0) -> dict:
+    """Step 6: the full reconcile, full_sync alone, and a bare `nft -f` of the same text, interleaved; then the
+    drift check."""
     from labgate.config import ServerConfig, Settings
     from labgate.dataplane.kernel import NamespaceKernel
-    from labgate.dataplane.render import render_gateway_table
     from labgate.service import Labgate
 
     settings = Settings(server=ServerConfig(database=server.db_url, log_level="warning"),
                         gateway=[server.gateway_config()])
     # Not started: no loop, no API, no workers; its dataplane and database only. The recording runner lets the
     # baseline load the very batch the full sync sends.
-    lg = Labgate(settings, kernels=lambda cfg: NamespaceKernel(cfg.netns, runner_factory=RecordingRunner))
+    lg = Labgate(settings, kernels=lambda cfg: NamespaceKernel(cfg.netns, large_runner_factory=RecordingRunner))
     ns = server.lab.gateway_ns
-    timings: dict[str, list[float]] = {"reconcile": [], "load_rules": [], "render": [], "full_sync": [], "nft_f": []}
+    timings: dict[str, list[float]] = {"reconcile": [], "load_rules": [], "render": [], "apply": [], "full_sync": [],
+                                       "nft_f": []}
     path = server.folder / "table.nft"
     try:
         gw = lg.dataplane.gateways[GATEWAY]
         gw.refresh_addresses()
         assert gw.external_address is not None
-        rules = lg.forwards.rules.enabled_rules(GATEWAY, gw.external_address)
-        for _ in range(repeats):
+        rules = lg.forwards.rules.enabled_rows(GATEWAY)  # (id, protocol, external_port, ...) tuples
+        started = time.monotonic()
+        for i in range(repeats):
+            if i >= min(3, repeats) and time.monotonic() - started > budget_s:
+                break
             gw.needs_full = True
             t0 = time.perf_counter()
             if not lg.dataplane.reconcile_gateway(gw):
                 raise RuntimeError(f"reconcile failed: {gw.last_error}")
             timings["reconcile"].append(time.perf_counter() - t0)
+            # The reconcile's own phases (GatewayDataplane.last_full_phases): reading the rows, rendering, nft.
+            phases = gw.last_full_phases
+            timings["load_rules"].append(phases["load_s"])
+            timings["render"].append(phases["render_s"])
+            timings["apply"].append(phases["apply_s"])
 
-            t0 = time.perf_counter()
-            rules = lg.forwards.rules.enabled_rules(GATEWAY, gw.external_address)
-            timings["load_rules"].append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            render_gateway_table(gw.shape(), rules)
-            timings["render"].append(time.perf_counter() - t0)
-
+            rows = lg.forwards.rules.enabled_rows(GATEWAY)
             t0 = time.perf_counter()
             with gw.lock:
-                gw.sync(desired=lambda _ext: rules)  # no change given: a full sync of exactly these rules
+                gw.sync(desired=lambda _ext: rows)  # no change given: a full sync of exactly these rows
             timings["full_sync"].append(time.perf_counter() - t0)
 
             path.write_text(RecordingRunner.last)
             t0 = time.perf_counter()
             subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", str(path)], check=True, capture_output=True)
             timings["nft_f"].append(time.perf_counter() - t0)
-        elements = kernel_elements(ns)
+
+        def drift_check(_i: int) -> None:
+            found = gw.check_tables()
+            if found != (True, True):
+                raise RuntimeError(f"the drift check found {found} right after a full sync")
+
+        timings["drift_check"] = timed_samples(drift_check, n_max=20, budget_s=5.0, n_min=min(3, repeats))
+        ports = sorted(r[2] for r in rules)
+        if not has_elements(ns, server.lab.external_address, [ports[0], ports[-1]]):
+            raise RuntimeError("after the reconciles, the first or last forward is not in the kernel")
     finally:
         lg.dataplane.stop()
         lg.db.dispose()
-    result = {"forwards": len(rules), "repeats": repeats, "kernel_elements": elements,
-              "batch_bytes": path.stat().st_size,
+    result = {"forwards": len(rules), "repeats": len(timings["reconcile"]), "batch_bytes": path.stat().st_size,
               **{k: {"median_s": percentile(v, 50), "all_s": v} for k, v in timings.items()}}
     log(f"  reconcile N={len(rules)}: full reconcile {result['reconcile']['median_s']:.3f}s, full_sync "
-        f"{result['full_sync']['median_s']:.3f}s, bare nft -f {result['nft_f']['median_s']:.3f}s")
+        f"{result['full_sync']['median_s']:.3f}s, bare nft -f {result['nft_f']['median_s']:.3f}s, drift check "
+        f"{result['drift_check']['median_s'] * 1000:.1f} ms")
     return result
 
 

@@ -133,6 +133,13 @@ def _spread(n: int, addresses: int) -> list[tuple[int, int]]:
     return [(i % addresses, FIRST_TARGET_PORT + i // addresses) for i in range(n)]
 
 
+def _fake_kernel(cfg: Any) -> Any:
+    from labgate.dataplane.fake import FakeKernel
+
+    address = cfg.external_address if cfg.external_address != "auto" else "192.0.2.10"
+    return FakeKernel(addresses=[address, "127.0.0.1"], preferred=address)
+
+
 class LabgateSide:
     """labgate's assembly on a fresh SQLite file, following the one project; cycles timed in this process."""
 
@@ -148,7 +155,9 @@ class LabgateSide:
             gateway=[],
             openstack=OpenStackConfig(cloud=server.cloud, clouds_file=str(server.clouds_yaml), projects=[project_id],
                                       monitor_interval=3600, router_port_range=PORT_RANGE))
-        self.labgate = Labgate(settings)
+        # Dataplane "none" with an in-memory kernel per router (as the API tests run): without a kernel this
+        # process is no gateway's agent, and every create would wait agent_wait seconds for one.
+        self.labgate = Labgate(settings, kernels=_fake_kernel)
         upgrade(self.labgate.db.engine)
         self.monitor = self.labgate.openstack
 

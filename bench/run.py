@@ -38,19 +38,21 @@ TOOLS = ("ip", "nft", "conntrack", "iptables-nft", "iptables-legacy", "iperf3", 
 
 PRESETS = {
     "full": dict(
-        control=dict(sizes=[100, 10_000, 50_000], creates=500, live_checks=20, concurrent_clients=8,
+        control=dict(sizes=[100, 10_000, 50_000, 200_000], creates=500, live_checks=20, concurrent_clients=8,
                      concurrent_creates=100, budget_s=20.0, reconcile_repeats=5, baseline_creates=200,
-                     baseline_concurrent=4, bulk=10_000),
-        dataplane=dict(sizes=[10, 10_000, 50_000], rounds=10, connections=200, settle_s=1.0, throughput_rounds=5,
-                       throughput_seconds=4),
-        background=dict(addresses=10_000, repeats=3, seeds_sample=100),
+                     baseline_concurrent=4, bulk=10_000, reconcile_budget_s=60.0, conntrack_entries=10_000,
+                     wide_clients=32, wide_at=50_000),
+        dataplane=dict(sizes=[10, 10_000, 50_000, 200_000], rounds=10, connections=200, settle_s=1.0,
+                       throughput_rounds=5, throughput_seconds=4),
+        background=dict(addresses=50_000, repeats=3, seeds_sample=100),
         openstack=dict(sizes=[100, 10_000], repeats=5, praas_repeats=3, praas_sample=200, creates=500,
                        max_addresses=1000),
     ),
     "quick": dict(
         control=dict(sizes=[100, 2_000, 5_000], creates=100, live_checks=5, concurrent_clients=8,
                      concurrent_creates=20, budget_s=3.0, reconcile_repeats=2, baseline_creates=30,
-                     baseline_concurrent=2, bulk=1_000),
+                     baseline_concurrent=2, bulk=1_000, reconcile_budget_s=10.0, conntrack_entries=2_000,
+                     wide_clients=32, wide_at=5_000),
         dataplane=dict(sizes=[10, 2_000, 5_000], rounds=2, connections=100, settle_s=0.3, throughput_rounds=1,
                        throughput_seconds=1),
         background=dict(addresses=2_000, repeats=1, seeds_sample=20),
@@ -69,7 +71,9 @@ NOTES = [
     "labgate creates go through the real API (`python -m labgate serve`, SQLite in WAL mode, real nftables in a "
     "lab gateway namespace), timed by a stdlib HTTP client on a keep-alive connection from request to 201. The "
     "client runs on the same 2 cores as the server.",
-    "A labgate delete includes cutting the forward's connections (`conntrack -D --mark ID`, a child process).",
+    "A labgate delete includes cutting the forward's connections: an in-process ctnetlink delete filtered by the "
+    "forward's mark (the kernel walks its conntrack table; no child process). The second half of the deletes runs "
+    "with 10,000 unrelated conntrack entries in the gateway's table (1/5 of that in --quick).",
     "Prepopulated forwards have no allowed_sources (the common case); each is one map element.",
     "The full-reconcile baseline loads, with `nft -f`, the very batch labgate's full_sync sent (recorded from its "
     "nft runner): the forwarding table and the usage-counter table together.",
@@ -78,7 +82,8 @@ NOTES = [
     "OpenStack: a real Neutron 29 API (tests/openstack/neutron_api.py, SQLite, noauth, on loopback; DHCP agent "
     "notifications off, there is no agent), one project router with a /20 subnet and bulk-created VM ports (one "
     "mapped address each, at most 1,000: larger sizes spread several forwards, with distinct target ports, over "
-    "each address). labgate: its real assembly in the bench process (no HTTP, dataplane none), forwards created by "
+    "each address). labgate: its real assembly in the bench process (no HTTP, dataplane none with an in-memory "
+    "kernel per router), forwards created by "
     "address on the router gateway (the first few hundred through ForwardService.create, the rest bulk-inserted "
     "already bound to their port, which a cycle then confirms), then the steady-state monitor.cycle() (nothing "
     "changed in the cloud) timed: median, and the API calls its report counts. Baseline, the PRaaS method on the "
@@ -122,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run one area only (results: AREA_only[_quick].{json,md}, never latest)")
     parser.add_argument("--backends", default=",".join(BACKENDS),
                         help=f"iptables backends for the baselines, comma-separated (default: {','.join(BACKENDS)})")
+    parser.add_argument("--sizes", help="comma-separated forward counts for the control and data plane parts, "
+                                        "instead of the preset's (e.g. 100,50000)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results folder (default: {RESULTS})")
     parser.add_argument("--name", help="file stem of the results (default: latest, or quick with --quick)")
     args = parser.parse_args(argv)
@@ -132,6 +139,15 @@ def main(argv: list[str] | None = None) -> int:
 
     mode = "quick" if args.quick else "full"
     preset = PRESETS[mode]
+    if args.sizes:
+        try:
+            sizes = sorted({int(x) for x in args.sizes.split(",") if x.strip()})
+        except ValueError:
+            parser.error(f"--sizes: not a list of numbers: {args.sizes!r}")
+        if not sizes or min(sizes) < 1:
+            parser.error("--sizes: give positive forward counts")
+        preset = {**preset, "control": {**preset["control"], "sizes": sizes},
+                  "dataplane": {**preset["dataplane"], "sizes": sizes}}
     signal.signal(signal.SIGTERM, _interrupted)
 
     results: dict = {"date": now_utc(), "mode": mode, "machine": machine_info(), "git": git_info(),
@@ -163,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"cleanup: {e}")
     results["duration_s"] = time.monotonic() - started
     results["load_average_end"] = os.getloadavg()
-    stem = args.name or default_stem(args.only, args.quick)
+    stem = args.name or default_stem(args.only, args.quick) + ("_sizes" if args.sizes else "")
     json_path, md_path = report.write(results, args.out, stem)
     log(f"wrote {json_path} and {md_path} in {results['duration_s']:.0f}s")
     print(md_path.read_text())
