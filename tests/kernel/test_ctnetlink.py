@@ -207,3 +207,28 @@ def test_cuts_keep_working_on_the_kept_socket_and_after_the_namespace_is_recreat
         assert marks_in(netns) == {}
     finally:
         kernel.close()
+
+
+def test_a_dump_filtered_by_destination_lists_exactly_the_marked_entries_to_that_address(netns):
+    ext = "203.0.113.7"
+
+    def fill() -> None:
+        ctnetlink.create_entries(ctnetlink.unrelated_entries(3_000))             # elsewhere, no mark
+        ctnetlink.create_entries([("tcp", "198.51.100.1", 1000 + i, ext, 4000 + i) for i in range(5)], mark=11)
+        ctnetlink.create_entries([("udp", "198.51.100.2", 2000, ext, 4100)], mark=12)
+        ctnetlink.create_entries([("tcp", "198.51.100.3", 3000, ext, 4200)])     # to ext, but no mark
+        ctnetlink.create_entries([("tcp", "198.51.100.4", 3001, "203.0.113.8", 4000)], mark=13)  # marked, elsewhere
+        ctnetlink.create_entries([("tcp", "fd00::1", 3002, "fd00::7", 4000)], mark=14)
+
+    in_netns(netns, fill)
+    everything = in_netns(netns, ctnetlink.list_marked)
+    to_ext = in_netns(netns, lambda: ctnetlink.list_marked_to(ext))
+    assert sorted((c.mark, c.sport) for c in to_ext) == [(11, 1000 + i) for i in range(5)] + [(12, 2000)]
+    assert set(to_ext) == {c for c in everything if c.dst == ext}
+    assert {c.mark for c in in_netns(netns, lambda: ctnetlink.list_marked_to("fd00::7"))} == {14}
+    assert in_netns(netns, lambda: ctnetlink.list_marked_to("192.0.2.99")) == []
+    kernel = NamespaceKernel(netns)
+    try:
+        assert set(kernel.connections(to=ext)) == set(to_ext)
+    finally:
+        kernel.close()

@@ -51,6 +51,11 @@ def list_marked() -> list[Connection]:
     return ctnetlink.list_marked()
 
 
+def list_marked_to(address: str) -> list[Connection]:
+    """The marked TCP/UDP connections whose original destination is `address` (the kernel filters)."""
+    return ctnetlink.list_marked_to(address)
+
+
 def delete_connection(conn: Connection) -> None:
     """Delete exactly this entry (matched by its original tuple, and only while it carries conn.mark)."""
     ctnetlink.delete_connection(conn)

@@ -132,10 +132,10 @@ class FakeKernel:
             self.cuts.extend(marks)
             self.conns = [c for c in self.conns if c.mark not in marks]
 
-    def connections(self) -> list[Connection]:
+    def connections(self, to: str | None = None) -> list[Connection]:
         with self._lock:
             self._check("listing connections")
-            return list(self.conns)
+            return [c for c in self.conns if to is None or c.dst == to]
 
     def cut_connection(self, conn: Connection) -> None:
         with self._lock:

@@ -68,8 +68,9 @@ class GatewayKernel(Protocol):
         """Is net.ipv4.ip_forward on? With enable, turn it on first when it is off."""
         ...
 
-    def connections(self) -> list[conntrack.Connection]:
-        """Every tracked TCP/UDP connection that carries a mark."""
+    def connections(self, to: str | None = None) -> list[conntrack.Connection]:
+        """Every tracked TCP/UDP connection that carries a mark (with `to`: whose original destination is that
+        address)."""
         ...
 
     def cut_connection(self, conn: conntrack.Connection) -> None:
@@ -235,7 +236,9 @@ class NamespaceKernel:
 
         self._call(self._reader, job, "cutting open connections")
 
-    def connections(self) -> list[conntrack.Connection]:
+    def connections(self, to: str | None = None) -> list[conntrack.Connection]:
+        if to is not None:
+            return self._call(self._reader, lambda: conntrack.list_marked_to(to), "listing connections")
         return self._call(self._reader, conntrack.list_marked, "listing connections")
 
     def cut_connection(self, conn: conntrack.Connection) -> None:

@@ -292,7 +292,8 @@ class GatewayDataplane:
             return 0
         ext = str(self.external_address)
         try:
-            conns = [c for c in self.kernel.connections()
+            # Only connections to the external address come out of the kernel (a filtered dump).
+            conns = [c for c in self.kernel.connections(to=ext)
                      if c.dst == ext and any(lo <= c.dport <= hi for lo, hi in self.cfg.ranges)]
             if not conns:
                 return 0
