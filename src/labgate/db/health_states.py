@@ -9,6 +9,7 @@ transaction (and commits).
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import datetime
 from typing import Iterable
 
 from sqlalchemy import Integer, bindparam, delete, exists, insert, literal_column, select, update
@@ -61,11 +62,12 @@ def write_address_states(s: Session, gateway: str, new: list[dict], changed: lis
         s.execute(delete(_ADDRESS).where(where), [{"b_gateway": gateway, "b_address": a} for a in chunk])
 
 
-def write_port_states(s: Session, missing: Iterable[int], rows: list[dict]) -> None:
+def write_port_states(s: Session, missing: Iterable[int], rows: list[tuple[int, str, int]],
+                      checked_at: datetime) -> None:
     """Through writer session `s` (the caller commits): make sure forward_state rows of the forwards `missing` exist
     (created with zero usage, only for forwards that still exist and have none yet: a forward may be deleted, or
-    the usage collector may create its row, at any moment), then set port_state, port_failures and
-    port_checked_at from `rows` (dicts with forward_id and those three)."""
+    the usage collector may create its row, at any moment), then set port_state and port_failures from `rows`
+    ((forward_id, port_state, port_failures) tuples) and port_checked_at to `checked_at`."""
     missing = list(missing)
     if missing:
         fid = bindparam("b_id", type_=Integer)
@@ -83,8 +85,8 @@ def write_port_states(s: Session, missing: Iterable[int], rows: list[dict]) -> N
                 .values(port_state=bindparam("v_state"), port_failures=bindparam("v_failures"),
                         port_checked_at=bindparam("v_checked")))
         for chunk in _chunks(rows):
-            s.execute(stmt, [{"b_id": r["forward_id"], "v_state": r["port_state"], "v_failures": r["port_failures"],
-                              "v_checked": r["port_checked_at"]} for r in chunk])
+            s.execute(stmt, [{"b_id": fid, "v_state": state, "v_failures": failures, "v_checked": checked_at}
+                             for fid, state, failures in chunk])
 
 
 WRITE_CHUNK = 2_000  # rows per executemany: the parameter lists of 50,000 rows at once peaked the server ~45 MiB

@@ -138,12 +138,13 @@ class HealthMonitor:
         with self.db.writer() as s:
             # Addresses left in `known`: no forward points there any more.
             health_states.write_address_states(s, gateway, new, changed, known)
-            health_states.write_port_states(s, missing, port_rows)
+            health_states.write_port_states(s, missing, port_rows, now)
             s.commit()
         owners: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
         if changes and self.bus is not None:
-            for r in rows:
-                owners[r.target_address][r.owner].add(r.name or "")
+            with self.db.reader() as s:
+                for address, owner, name in queries.forward_owners(s, gateway, sorted({c[0] for c in changes})):
+                    owners[address][owner].add(name or "")
         for address, state, previous, rtt in changes:
             log.info("event=health_changed gateway=%s address=%s state=%s previous=%s", gateway, address, state,
                      previous)
@@ -155,14 +156,14 @@ class HealthMonitor:
                                            names=",".join(sorted(n for n in names if n))))
 
     def _port_rows(self, rows: list, probe: NamespaceProbe, ports: dict[int, tuple[str, int]],
-                   now: datetime) -> tuple[list[dict], list[int]]:
+                   now: datetime) -> tuple[list[tuple[int, str, int]], list[int]]:
         """The forward_state port columns to write after a cycle, and the forwards that have no forward_state row
         yet.  A probe that could not be made ("error") changes nothing but port_checked_at."""
         by_target: dict[tuple[str, int], list[int]] = defaultdict(list)
         for r in rows:
             if r.protocol == "tcp" and r.enabled:
                 by_target[(r.target_address, r.target_port)].append(r.id)
-        out: list[dict] = []
+        out: list[tuple[int, str, int]] = []
         missing: list[int] = []
         for target, result in probe.tcp.items():
             for fid in by_target.get(target, ()):
@@ -176,6 +177,5 @@ class HealthMonitor:
                     failures += 1
                     if failures >= self.down_after:
                         state = result.state
-                out.append({"forward_id": fid, "port_state": state, "port_failures": failures,
-                            "port_checked_at": now})
+                out.append((fid, state, failures))
         return out, missing
