@@ -14,6 +14,7 @@ import ipaddress
 import re
 import threading
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from labgate.dataplane.conntrack import Connection
 from labgate.dataplane.kernel import Addresses, KernelError
@@ -89,7 +90,8 @@ class FakeKernel:
             raise KernelError(f"{what}: network namespace does not exist")
 
     # --- the interface -----------------------------------------------------------------------------------------
-    def apply(self, batch: str, *, large: bool = False) -> None:
+    def apply(self, batch: str | Sequence[str], *, large: bool = False) -> None:
+        batch = batch if isinstance(batch, str) else "".join(batch)
         with self._lock:
             self._check("applying change")
             if self._refuse_next > 0:
@@ -115,11 +117,12 @@ class FakeKernel:
             t = self.tables.get(table)
             return t is not None and element.set_name in t.sets and element.key in t.sets[element.set_name].elements
 
-    def read_counters(self, table: str, set_name: str) -> dict[int, tuple[int, int]]:
+    def read_counters(self, table: str, set_name: str, *, nonzero: bool = False) -> dict[int, tuple[int, int]]:
         with self._lock:
             self._check("reading counters")
             s = self._set(table, set_name)
-            return {int(e): s.counters.get(e, (0, 0)) for e in s.elements}
+            counts = {int(e): s.counters.get(e, (0, 0)) for e in s.elements}
+            return {k: v for k, v in counts.items() if v != (0, 0)} if nonzero else counts
 
     def read_addresses(self) -> Addresses:
         with self._lock:

@@ -15,7 +15,7 @@ import os
 import shutil
 import subprocess
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Callable, Protocol, TypeVar
+from typing import Callable, Protocol, Sequence, TypeVar
 
 from labgate.dataplane import conntrack, ctnetlink, nfnetlink, nftsets
 from labgate.dataplane.netns import NamespaceError, NamespaceWorker
@@ -39,8 +39,8 @@ Addresses = tuple[list[ipaddress.IPv4Address], "ipaddress.IPv4Address | None"]
 class GatewayKernel(Protocol):
     """What the dataplane needs from one gateway's namespace."""
 
-    def apply(self, batch: str, *, large: bool = False) -> None:
-        """Run one nft batch atomically; `large` after a full render (caches are released afterwards).
+    def apply(self, batch: str | Sequence[str], *, large: bool = False) -> None:
+        """Run one nft batch atomically (a text, or parts of one text in order); `large` for a whole table.
         Raises KernelError with nft's reason when refused; the kernel is then unchanged."""
         ...
 
@@ -48,8 +48,8 @@ class GatewayKernel(Protocol):
         """{chain name: number of rules} of `table`, or None when the table does not exist."""
         ...
 
-    def read_counters(self, table: str, set_name: str) -> dict[int, tuple[int, int]]:
-        """{element: (packets, bytes)} of a counter set."""
+    def read_counters(self, table: str, set_name: str, *, nonzero: bool = False) -> dict[int, tuple[int, int]]:
+        """{element: (packets, bytes)} of a counter set (with `nonzero`: only elements that counted something)."""
         ...
 
     def has_element(self, table: str, element: Sentinel) -> bool:
@@ -175,7 +175,9 @@ class NamespaceKernel:
             self._runner_generation = self._writer.generation
         return self._runner
 
-    def apply(self, batch: str, *, large: bool = False) -> None:
+    def apply(self, batch: str | Sequence[str], *, large: bool = False) -> None:
+        parts = [batch] if isinstance(batch, str) else list(batch)
+
         def job() -> None:
             if large:
                 # A whole table (a full sync, a restore): the nft program in a child process, forked from this
@@ -184,12 +186,16 @@ class NamespaceKernel:
                 # a child's memory goes back to the system when it exits. Costs one fork/exec (~5 ms).
                 runner = self._large_runner_factory()
                 try:
-                    runner.run(batch)
+                    run_parts = getattr(runner, "run_parts", None)
+                    if run_parts is not None:
+                        run_parts(parts)  # no joined copy of a whole table
+                    else:
+                        runner.run("".join(parts))
                 finally:
                     runner.close()
                     release_memory()
                 return
-            self._writer_runner().run(batch)
+            self._writer_runner().run(parts[0] if len(parts) == 1 else "".join(parts))
 
         self._call(self._writer, job, "applying change")
 
@@ -202,10 +208,11 @@ class NamespaceKernel:
         return self._call(self._reader, lambda: nfnetlink.element_exists(table, element.set_name, element.raw),
                           "checking an element")
 
-    def read_counters(self, table: str, set_name: str) -> dict[int, tuple[int, int]]:
+    def read_counters(self, table: str, set_name: str, *, nonzero: bool = False) -> dict[int, tuple[int, int]]:
         # One NFT_MSG_GETSETELEM dump parsed as it arrives (nftsets.py): a libnftables JSON listing of 50,000
         # elements took ~200 MiB of peak memory and seconds of parsing for the same numbers.
-        return self._call(self._reader, lambda: nftsets.read_counter_set(table, set_name), "reading counters")
+        return self._call(self._reader, lambda: nftsets.read_counter_set(table, set_name, nonzero=nonzero),
+                          "reading counters")
 
     def read_addresses(self) -> Addresses:
         return self._call(self._writer, read_namespace_addresses, "reading addresses")

@@ -80,16 +80,17 @@ class DumpInterrupted(Exception):
     """The ruleset changed while the kernel was dumping (NLM_F_DUMP_INTR): what arrived may be inconsistent."""
 
 
-def read_counter_set(table: str, set_name: str, *, family: int = NFPROTO_IPV4,
-                     timeout: float = 30.0) -> Counters:
+def read_counter_set(table: str, set_name: str, *, family: int = NFPROTO_IPV4, timeout: float = 30.0,
+                     nonzero: bool = False) -> Counters:
     """{mark: (packets, bytes)} of every element of counter set SET_NAME of TABLE (a `type mark; counter;` set),
-    as `parse_counters(nft -j list set ...)` gives it; an element without a counter counts (0, 0).
+    as nft's JSON listing of the set gives it; an element without a counter counts (0, 0). With `nonzero`, the
+    elements whose counters are both zero are left out (an idle forward costs no object).
 
     Raises OSError: ENOENT when the table or set does not exist, any other errno the kernel answers, EINTR when
     every attempt overlapped a ruleset change, or a timeout. Raises ValueError for a set whose keys are not marks."""
     for _ in range(_DUMP_ATTEMPTS):
         try:
-            return _dump_once(table, set_name, family, timeout)
+            return _dump_once(table, set_name, family, timeout, nonzero)
         except DumpInterrupted:
             continue
     raise os_error(errno.EINTR, f"set {table} {set_name} changed during each of {_DUMP_ATTEMPTS} dumps")
@@ -108,7 +109,7 @@ def _attr(kind: int, payload: bytes) -> bytes:
     return data + b"\0" * (-len(data) % 4)
 
 
-def _dump_once(table: str, set_name: str, family: int, timeout: float) -> Counters:
+def _dump_once(table: str, set_name: str, family: int, timeout: float, nonzero: bool = False) -> Counters:
     seq = int.from_bytes(os.urandom(4), "little") or 1
     out: Counters = {}
     buf = bytearray(_RECV_SIZE)
@@ -121,14 +122,14 @@ def _dump_once(table: str, set_name: str, family: int, timeout: float) -> Counte
         try:
             while True:
                 n = sock.recv_into(buf)
-                if parse_dump_part(buf, n, seq, out, what=f"set {table} {set_name}"):
+                if parse_dump_part(buf, n, seq, out, what=f"set {table} {set_name}", nonzero=nonzero):
                     return out
         except socket.timeout:
             raise os_error(errno.ETIMEDOUT,
                            f"no complete answer for set {table} {set_name} in {timeout} s") from None
 
 
-def parse_dump_part(buf, length: int, seq: int, out: Counters, *, what: str = "set") -> bool:
+def parse_dump_part(buf, length: int, seq: int, out: Counters, *, what: str = "set", nonzero: bool = False) -> bool:
     """Add the elements of one received datagram (buf[:length]) to OUT; True once the dump is complete.
     Messages of other sequence numbers are ignored."""
     offset = 0
@@ -151,34 +152,34 @@ def parse_dump_part(buf, length: int, seq: int, out: Counters, *, what: str = "s
                     raise os_error(code, f"{os.strerror(code)}: {what}")
                 return True
             if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM:
-                _parse_setelem_message(buf, offset + 16 + _NFGENMSG_SIZE, offset + msg_len, out)
+                _parse_setelem_message(buf, offset + 16 + _NFGENMSG_SIZE, offset + msg_len, out, nonzero)
         offset += (msg_len + 3) & ~3
     return False
 
 
-def _parse_setelem_message(buf, pos: int, end: int, out: Counters) -> None:
+def _parse_setelem_message(buf, pos: int, end: int, out: Counters, nonzero: bool) -> None:
     attr = _ATTR.unpack_from
     while pos + 4 <= end:
         alen, atype = attr(buf, pos)
         if alen < 4:
             raise os_error(errno.EBADMSG, "malformed netlink attribute")
         if atype & NLA_TYPE_MASK == NFTA_SET_ELEM_LIST_ELEMENTS:
-            _parse_elements(buf, pos + 4, pos + alen, out)
+            _parse_elements(buf, pos + 4, pos + alen, out, nonzero)
         pos += (alen + 3) & ~3
 
 
-def _parse_elements(buf, pos: int, end: int, out: Counters) -> None:
+def _parse_elements(buf, pos: int, end: int, out: Counters, nonzero: bool) -> None:
     attr = _ATTR.unpack_from
     while pos + 4 <= end:
         alen, atype = attr(buf, pos)
         if alen < 4:
             raise os_error(errno.EBADMSG, "malformed netlink attribute")
         if atype & NLA_TYPE_MASK == NFTA_LIST_ELEM:
-            _parse_element(buf, pos + 4, pos + alen, out)
+            _parse_element(buf, pos + 4, pos + alen, out, nonzero)
         pos += (alen + 3) & ~3
 
 
-def _parse_element(buf, pos: int, end: int, out: Counters) -> None:
+def _parse_element(buf, pos: int, end: int, out: Counters, nonzero: bool) -> None:
     attr = _ATTR.unpack_from
     key = None
     counter = (0, 0)
@@ -206,7 +207,7 @@ def _parse_element(buf, pos: int, end: int, out: Counters) -> None:
             if _BE32.unpack_from(buf, pos + 4)[0] & NFT_SET_ELEM_CATCHALL:
                 return  # the catch-all element has no key: no forward (nft's JSON shows it as "*")
         pos += (alen + 3) & ~3
-    if key is not None:
+    if key is not None and (counter != (0, 0) or not nonzero):
         out[key] = counter
 
 

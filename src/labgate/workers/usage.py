@@ -32,8 +32,15 @@ class UsageCollector:
         """Read every gateway's counters and fold them into forward_state; returns the forwards updated."""
         updated = 0
         for gw in self.dataplane.gateways.values():
+            if gw.kernel is None or gw.external_address is None:
+                continue  # no counters here (another process is the agent), or the gateway is not up yet
             try:
-                counts = gw.read_usage()
+                # Only forwards that counted something come out of the kernel; those the database remembers
+                # with non-zero readings are added at zero below, so a counter that started over is seen.
+                counts = gw.read_usage(nonzero=True)
+                with self.db.reader() as s:
+                    for fid in queries.ids_with_raw_usage(s, gw.cfg.name):
+                        counts.setdefault(fid, (0, 0, 0))
             except DataplaneError as exc:
                 log.warning("event=usage_read_failed gateway=%s error=%r", gw.cfg.name, str(exc))
                 continue
