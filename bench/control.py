@@ -531,6 +531,10 @@ class RecordingRunner:
         RecordingRunner.last = text
         return self._inner.run(text, **kw)
 
+    def run_parts(self, parts, **kw) -> str:
+        RecordingRunner.last = "".join(parts)
+        return self._inner.run_parts(parts, **kw)
+
     def close(self) -> None:
         self._inner.close()
 

@@ -12,8 +12,9 @@ import json as jsonlib
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 NFT_CTX_OUTPUT_JSON = 1 << 4
 NFT_CTX_OUTPUT_TERSE = 1 << 11
@@ -125,14 +126,39 @@ class NftProcess:
         self.binary = binary or shutil.which("nft") or NFT_BINARY
 
     def run(self, text: str, *, json: bool = False, terse: bool = False) -> str:
+        return self.run_parts([text], json=json, terse=terse)
+
+    def run_parts(self, parts: Sequence[str], *, json: bool = False, terse: bool = False) -> str:
+        """One batch made of `parts`, written to nft's stdin one after the other: a whole table is never copied
+        into one string and its bytes (at 50,000 forwards each copy is ~5 MB of the server's peak). Output and
+        errors go to temporary files, so writing cannot block on a pipe nobody reads."""
         argv = [self.binary] + (["-j"] if json else []) + (["-t"] if terse else []) + ["-f", "-"]
-        try:
-            proc = subprocess.run(argv, input=text, capture_output=True, text=True, timeout=120)
-        except FileNotFoundError:
-            raise NftError(f"{self.binary} not found: install the nftables package") from None
-        if proc.returncode != 0:
-            raise NftError(proc.stderr.strip() or f"nft exited {proc.returncode}")
-        return proc.stdout
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=out, stderr=err)
+            except FileNotFoundError:
+                raise NftError(f"{self.binary} not found: install the nftables package") from None
+            try:
+                try:
+                    for part in parts:
+                        proc.stdin.write(part.encode())
+                except BrokenPipeError:
+                    pass  # nft stopped reading (it failed): its exit status and errors say why
+                finally:
+                    try:
+                        proc.stdin.close()
+                    except BrokenPipeError:
+                        pass
+                proc.wait(timeout=120)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            out.seek(0)
+            err.seek(0)
+            if proc.returncode != 0:
+                raise NftError(err.read().decode(errors="replace").strip() or f"nft exited {proc.returncode}")
+            return out.read().decode(errors="replace")
 
     def close(self) -> None:
         pass

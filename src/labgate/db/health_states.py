@@ -33,7 +33,8 @@ def port_states(s: Session, gateway: str) -> dict[int, tuple[str, int]]:
     rows = s.execute(select(_STATE.c.forward_id, _STATE.c.port_state, _STATE.c.port_failures)
                      .join(Forward.__table__, Forward.__table__.c.id == _STATE.c.forward_id)
                      .where(Forward.__table__.c.gateway == gateway))
-    return {fid: (state, failures or 0) for fid, state, failures in rows}
+    one = {}.setdefault  # one str object per state, not one per row
+    return {fid: (one(state, state), failures or 0) for fid, state, failures in rows}
 
 
 def _by_columns(rows: Iterable[dict]) -> dict[tuple[str, ...], list[dict]]:
