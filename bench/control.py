@@ -1,13 +1,13 @@
 """Control plane: labgate's API and reconcile loop against the seeds' iptables commands, at several table sizes.
 
-Method, per size N (e.g. 100, 10,000, 50,000, 200,000):
+Method, per size N (e.g. 100, 10,000, 50,000, 120,000: the most one external address holds, see forward_port):
   1. A lab (client/gateway/lab namespaces) and a SQLite file in a temporary folder.  N forwards (and their port
      allocations) are bulk-inserted into the database with SQLAlchemy, as if created earlier.
   2. `python -m labgate serve --config <toml>` starts as a subprocess with the gateway in the lab's gateway namespace
      and the real nftables dataplane.  It restores the N forwards into the kernel before it serves: the bench times
      spawn -> /healthz "ok", reads the restore's own duration from the server log (event=full_sync), and checks that
      the log counts N forwards and that the first and the last forward's map elements are in the kernel (`nft get
-     element`: a full listing takes ~8 s at 200,000, so the whole map is counted once, at the end of step 5).
+     element`: a full listing takes seconds at 120,000, so the whole map is counted once, at the end of step 5).
   3. Sequential creates through the API (one keep-alive HTTP connection, stdlib client): latency from sending the
      request to reading the 201.  A few creates are each followed at once by a TCP connection from the client
      namespace through the new port to an echo service: 201 must mean "live".
@@ -29,7 +29,7 @@ Method, per size N (e.g. 100, 10,000, 50,000, 200,000):
      (c) the baseline: `ip netns exec NS nft -f FILE` of exactly the batch that full sync just sent (recorded by
          wrapping labgate's nft runner: the forwarding table and the usage-counter table, as one batch).
      At least 3 repeats (or reconcile_repeats if fewer), more until reconcile_repeats or reconcile_budget_s (at
-     200,000 a repeat takes ~30 s: 3 repeats).  Then the drift check the reconcile loop runs every pass
+     120,000 a repeat takes a few seconds).  Then the drift check the reconcile loop runs every pass
      (GatewayDataplane.check_tables()), timed alone: median of 3 to 20 calls (until 5 s are spent).
 Baseline for 3-4: the seeds' commands (seeds.py) in a lab namespace of the same kind holding N DNAT rules.
 """
@@ -55,8 +55,21 @@ from bench.seeds import Iptables
 
 GATEWAY = "bench"
 TABLE = "labgate_bench"
-FIRST_PORT = 10000
-PORT_RANGE = "10000-65000"
+FIRST_PORT = 1024
+PORT_RANGE = "1024-65535"
+# Prepopulated forward i (1-based) of n: TCP at FIRST_PORT + i - 1 while n <= TCP_ONLY; past that, TCP for odd i
+# and UDP for even i at FIRST_PORT + (i - 1) // 2. One external address has 64,512 ports of each protocol here, so
+# a gateway holds at most 129,024 forwards (issue 14 asked for 200,000 on one gateway: not possible on one
+# address). The API's creates (TCP) take the TCP ports left above the prepopulated ones.
+TCP_ONLY = 60_000
+MAX_FORWARDS = 2 * (65535 - FIRST_PORT + 1)
+
+
+def forward_port(i: int, n: int) -> tuple[str, int]:
+    """(protocol, external port) of prepopulated forward i of n."""
+    if n <= TCP_ONLY:
+        return "tcp", FIRST_PORT + i - 1
+    return ("tcp" if i % 2 else "udp"), FIRST_PORT + (i - 1) // 2
 ECHO_PORT = 22
 
 
@@ -141,7 +154,7 @@ def _free_port() -> int:
 
 
 def kernel_elements(ns: str, table: str = TABLE) -> int:
-    """How many elements the table's `ids` map holds right now (a full listing: ~2 s at 50,000, ~8 s at 200,000;
+    """How many elements the table's `ids` map holds right now (a full listing: ~2 s at 50,000, more at 120,000;
     call it only where a count is needed: has_elements checks a few)."""
     out = run_in_ns(ns, ["nft", "-j", "list", "map", "ip", table, "ids"]).stdout
     for item in json.loads(out)["nftables"]:
@@ -151,9 +164,10 @@ def kernel_elements(ns: str, table: str = TABLE) -> int:
     return 0
 
 
-def has_elements(ns: str, external: str, ports: list[int], table: str = TABLE) -> bool:
-    """Are the `ids` map elements of these (TCP) external ports all in the kernel?  (`nft get element`: no listing.)"""
-    keys = ", ".join(f"{external} . tcp . {p}" for p in ports)
+def has_elements(ns: str, external: str, keys_of: list[tuple[str, int]], table: str = TABLE) -> bool:
+    """Are the `ids` map elements of these (protocol, external port) all in the kernel?  (`nft get element`: no
+    listing.)"""
+    keys = ", ".join(f"{external} . {protocol} . {p}" for protocol, p in keys_of)
     return run_in_ns(ns, ["nft", "get", "element", "ip", table, "ids", f"{{ {keys} }}"], check=False).returncode == 0
 
 
@@ -199,7 +213,7 @@ def read_memory(pid: int) -> dict:
 
 
 def prepopulate(db_url: str, n: int, target_of) -> str:
-    """Create the schema, an admin token and n forwards to target_of(i) port 22 (external ports FIRST_PORT...,
+    """Create the schema, an admin token and n forwards to target_of(i) port 22 (ports: forward_port(i, n),
     with their port allocations), bulk-inserted as if created earlier; returns the token."""
     from sqlalchemy import insert
 
@@ -208,6 +222,8 @@ def prepopulate(db_url: str, n: int, target_of) -> str:
     from labgate.db.models import Forward, PortAllocation, utcnow
     from labgate.db.session import Database
 
+    if n > MAX_FORWARDS - 5_000:  # room for the API's creates
+        raise ValueError(f"{n} forwards: one external address holds at most {MAX_FORWARDS - 5_000} here")
     db = Database(db_url)
     try:
         upgrade(db.engine)
@@ -217,13 +233,14 @@ def prepopulate(db_url: str, n: int, target_of) -> str:
         with db.engine.begin() as conn:
             for lo in range(0, n, batch):
                 ids = range(lo + 1, min(lo + batch, n) + 1)
+                ports = {i: forward_port(i, n) for i in ids}
                 conn.execute(insert(Forward.__table__), [
-                    {"id": i, "gateway": GATEWAY, "protocol": "tcp", "external_port": FIRST_PORT + i - 1,
+                    {"id": i, "gateway": GATEWAY, "protocol": ports[i][0], "external_port": ports[i][1],
                      "port_count": 1, "target_address": target_of(i), "target_port": ECHO_PORT,
                      "name": f"vm{i}", "kind": "centos", "owner": "bench", "description": "", "enabled": True,
                      "allowed_sources": [], "created_at": now, "updated_at": now} for i in ids])
                 conn.execute(insert(PortAllocation.__table__), [
-                    {"gateway": GATEWAY, "protocol": "tcp", "port": FIRST_PORT + i - 1, "forward_id": i}
+                    {"gateway": GATEWAY, "protocol": ports[i][0], "port": ports[i][1], "forward_id": i}
                     for i in ids])
     finally:
         db.dispose()
@@ -258,7 +275,7 @@ class LabgateServer:
                              port_range=[PORT_RANGE], target_networks=[self.lab.lab_network], masquerade=True)
 
     def prepopulate(self, n: int) -> float:
-        """Create the schema, an admin token and n forwards (ports FIRST_PORT...); returns the seconds it took."""
+        """Create the schema, an admin token and n forwards (ports: forward_port(i, n)); returns the seconds it took."""
         started = time.perf_counter()
         machines = self.lab.machine_addresses
         self.token = prepopulate(self.db_url, n, lambda i: machines[i % 2])
@@ -366,7 +383,7 @@ def measure_labgate(sandbox: Sandbox, cfg: ControlConfig, size: int, log) -> dic
     out["restore_phases"] = server.restore_phases()
     out["restored_forwards"] = server.restored_forwards()
     if out["restored_forwards"] != size or not has_elements(lab.gateway_ns, lab.external_address,
-                                                            [FIRST_PORT, FIRST_PORT + size - 1]):
+                                                            [forward_port(1, size), forward_port(size, size)]):
         raise RuntimeError(f"the restore installed {out['restored_forwards']} forwards (expected {size}), or the "
                            "first or last is not in the kernel")
     out["memory_after_restore"] = server.memory()
@@ -592,8 +609,8 @@ def measure_reconcile(server: LabgateServer, repeats: int, log, budget_s: float 
                 raise RuntimeError(f"the drift check found {found} right after a full sync")
 
         timings["drift_check"] = timed_samples(drift_check, n_max=20, budget_s=5.0, n_min=min(3, repeats))
-        ports = sorted(r[2] for r in rules)
-        if not has_elements(ns, server.lab.external_address, [ports[0], ports[-1]]):
+        first, last = rules[0], rules[-1]
+        if not has_elements(ns, server.lab.external_address, [(first[1], first[2]), (last[1], last[2])]):
             raise RuntimeError("after the reconciles, the first or last forward is not in the kernel")
     finally:
         lg.dataplane.stop()
@@ -615,8 +632,10 @@ def measure_seeds(sandbox: Sandbox, cfg: ControlConfig, backend: str, log) -> di
 
     def at_size(size: int) -> dict:
         # Runs in a thread inside the gateway namespace: every iptables child process is created there.
-        ipt.load(ext, range(FIRST_PORT, FIRST_PORT + size), target)
-        port = iter(range(FIRST_PORT + size, 65000))
+        # The seeds wrote TCP rules only: past 60,000 rules the loaded ports repeat (a linear chain costs by its
+        # length); the created ones come from above them, so each is found again by its port.
+        ipt.load(ext, [FIRST_PORT + j % 60_000 for j in range(size)], target)
+        port = iter(range(FIRST_PORT + 60_000, 65536))
         created: list[int] = []
 
         def create_one(_i: int) -> None:

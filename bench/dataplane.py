@@ -38,7 +38,17 @@ from labgate import lab as lablib
 from bench.common import Sandbox, in_ns, percentile, run_in_ns, summary, wait_for_tcp
 from bench.seeds import Iptables
 
-FIRST_PORT = 10000
+FIRST_PORT = 1024
+ECHO_EXT_PORT = 65000   # the last forward, to the echo service
+IPERF_EXT_PORT = 64999  # the one before it, to iperf3
+# One external address has 64,512 ports of each protocol above 1023: past that, forwards are UDP too (the other
+# forwards are filler; which protocol they use changes nothing for a map lookup). At most this many forwards:
+MAX_SIZE = 2 * (IPERF_EXT_PORT - FIRST_PORT) + 2
+
+
+def filler_port(j: int) -> tuple[str, int]:
+    """(protocol, external port) of filler forward j (0-based): TCP and UDP alternately from FIRST_PORT."""
+    return ("tcp" if j % 2 == 0 else "udp"), FIRST_PORT + j // 2
 ECHO_PORT = 22
 IPERF_PORT = 5201
 STATIC_DNAT_PORT = 15201
@@ -59,7 +69,8 @@ class DataplaneConfig:
 
 class Gateway:
     """A lab whose gateway can be loaded with a table of N forwards of one kind; the echo service answers behind it.
-    The last forward (port FIRST_PORT + N - 1) goes to the echo service, the one before it to iperf3's port."""
+    The last forward (TCP port ECHO_EXT_PORT) goes to the echo service, the one before it (IPERF_EXT_PORT) to
+    iperf3's port; the others are filler (filler_port)."""
 
     def __init__(self, sandbox: Sandbox, kind: str) -> None:
         self.kind = kind
@@ -75,7 +86,7 @@ class Gateway:
             from labgate.dataplane.reconcile import GatewayDataplane
 
             cfg = GatewayConfig(name="bench", netns=self.lab.gateway_ns, external_address=self.lab.external_address,
-                                port_range=["10000-65000"], target_networks=[self.lab.lab_network], masquerade=True)
+                                port_range=["1024-65535"], target_networks=[self.lab.lab_network], masquerade=True)
             self._dataplane = GatewayDataplane(cfg, NamespaceKernel(cfg.netns), source=None)  # type: ignore[arg-type]
             sandbox.on_close(self._dataplane.close)
 
@@ -89,27 +100,40 @@ class Gateway:
 
     @property
     def echo_port(self) -> int:
-        return FIRST_PORT + self.size - 1
+        return ECHO_EXT_PORT
 
     @property
     def iperf_port(self) -> int:
-        return FIRST_PORT + self.size - 2
+        return IPERF_EXT_PORT
 
     def load(self, size: int) -> float:
         """Replace the gateway's table with one of `size` forwards; returns the seconds it took."""
         started = time.perf_counter()
+        if not 2 <= size <= MAX_SIZE:
+            raise ValueError(f"{size} forwards: one external address holds 2 to {MAX_SIZE} here")
         if self._dataplane is not None:
             from labgate.dataplane.render import ForwardRule
 
             ext, machine = ipaddress.IPv4Address(self.address), ipaddress.IPv4Address(self.machine)
-            rules = [ForwardRule(id=i, protocol="tcp", external_address=ext, external_port=FIRST_PORT + i - 1,
-                                 target_address=machine, target_port=IPERF_PORT if i == size - 1 else ECHO_PORT)
-                     for i in range(1, size + 1)]
+
+            def rule(i: int) -> ForwardRule:
+                if i == size:
+                    protocol, port, tport = "tcp", ECHO_EXT_PORT, ECHO_PORT
+                elif i == size - 1:
+                    protocol, port, tport = "tcp", IPERF_EXT_PORT, IPERF_PORT
+                else:
+                    (protocol, port), tport = filler_port(i - 1), ECHO_PORT
+                return ForwardRule(id=i, protocol=protocol, external_address=ext, external_port=port,
+                                   target_address=machine, target_port=tport)
+
+            rules = [rule(i) for i in range(1, size + 1)]
             self._dataplane.sync(desired=lambda _ext: rules)  # a full sync of exactly these rules
         else:
             ipt = Iptables(self.kind)
-            in_ns(self.lab.gateway_ns, lambda: ipt.load(self.address, range(FIRST_PORT, FIRST_PORT + size),
-                                                        self.machine, ECHO_PORT))
+            # A linear chain: the echo forward's rule is the last one (the worst case). The seeds only wrote TCP
+            # rules; past 64,512 rules the filler ports repeat (they never match the echo port).
+            ports = [FIRST_PORT + j % 60_000 for j in range(size - 1)] + [ECHO_EXT_PORT]
+            in_ns(self.lab.gateway_ns, lambda: ipt.load(self.address, ports, self.machine, ECHO_PORT))
         self.size = size
         return time.perf_counter() - started
 

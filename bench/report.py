@@ -3,7 +3,8 @@ latest.json and latest.md.
 
 Every figure is `value / baseline`, both measured in this run.  For times a ratio below 1 means labgate is faster
 than the baseline; for rates and throughput above 1 means more.  Goals are those of issues 3 and 14; a goal stated
-for the largest table size (200,000 in a full run) is judged at the largest size this run measured, one stated for
+for the largest table size (200,000 in issue 14; 120,000 in a full run: one gateway has one external address, whose
+2 x 64,512 ports hold at most 129,024 forwards) is judged at the largest size this run measured, one stated for
 50,000 at 50,000 when measured, else at the largest size too (a --quick run uses smaller tables, so its verdicts are
 only indicative).
 """

@@ -38,11 +38,11 @@ TOOLS = ("ip", "nft", "conntrack", "iptables-nft", "iptables-legacy", "iperf3", 
 
 PRESETS = {
     "full": dict(
-        control=dict(sizes=[100, 10_000, 50_000, 200_000], creates=500, live_checks=20, concurrent_clients=8,
+        control=dict(sizes=[100, 10_000, 50_000, 120_000], creates=500, live_checks=20, concurrent_clients=8,
                      concurrent_creates=100, budget_s=20.0, reconcile_repeats=5, baseline_creates=200,
                      baseline_concurrent=4, bulk=10_000, reconcile_budget_s=60.0, conntrack_entries=10_000,
                      wide_clients=32, wide_at=50_000),
-        dataplane=dict(sizes=[10, 10_000, 50_000, 200_000], rounds=10, connections=200, settle_s=1.0,
+        dataplane=dict(sizes=[10, 10_000, 50_000, 120_000], rounds=10, connections=200, settle_s=1.0,
                        throughput_rounds=5, throughput_seconds=4),
         background=dict(addresses=50_000, repeats=3, seeds_sample=100),
         openstack=dict(sizes=[100, 10_000], repeats=5, praas_repeats=3, praas_sample=200, creates=500,
