@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from labgate.config import GatewayConfig
-from labgate.lab import create_lab, destroy_lab
+from labgate.lab import create_lab, destroy_lab, remove_namespace
 
 REQUIRED = ("nft", "ip", "conntrack")
 
@@ -75,3 +75,14 @@ def nft_tables(ns: str) -> list[str]:
     out = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "tables"], capture_output=True, text=True,
                          check=True).stdout
     return sorted(line.strip() for line in out.splitlines() if line.strip())
+
+
+@pytest.fixture
+def netns():
+    """An empty network namespace of the test's own (removed afterwards, even on failure)."""
+    name = "lgns" + uuid.uuid4().hex[:8]
+    subprocess.run(["ip", "netns", "add", name], check=True)  # refuses a name that exists
+    try:
+        yield name
+    finally:
+        remove_namespace(name)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import random
 import subprocess
-import uuid
 
 import pytest
 
@@ -24,15 +23,6 @@ pytestmark = pytest.mark.kernel
 
 UNRELATED = "198.18."  # ctnetlink.unrelated_entries draws its sources from 198.18.0.0/15
 
-
-@pytest.fixture
-def netns():
-    name = "lgct" + uuid.uuid4().hex[:8]
-    subprocess.run(["ip", "netns", "add", name], check=True)  # refuses a name that exists
-    try:
-        yield name
-    finally:
-        remove_namespace(name)
 
 
 def entries_in(ns: str) -> list[Connection]:

@@ -8,29 +8,18 @@ from __future__ import annotations
 import errno
 import json
 import random
-import subprocess
-import uuid
 
 import pytest
 
 from labgate.dataplane import nftsets
 from labgate.dataplane.kernel import KernelError, NamespaceKernel
-from labgate.lab import Service, in_netns, netns_exec, remove_namespace, tcp_request
+from labgate.lab import Service, in_netns, netns_exec, tcp_request
 from tests.conftest import make_settings
 from tests.harness import database_url, running_server
 from tests.kernel.conftest import gateway_for
 
 pytestmark = pytest.mark.kernel
 
-
-@pytest.fixture
-def netns():
-    name = "lgset" + uuid.uuid4().hex[:8]
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        remove_namespace(name)
 
 
 def nft(ns: str, text: str) -> str:

@@ -168,13 +168,7 @@ def mark_filter(mark: int, mask: int = MAX_MARK) -> bytes:
 # --- reading answers ------------------------------------------------------------------------------------------
 def _attrs(data, start: int, end: int) -> Iterator[tuple[int, int, int]]:
     """(type, payload start, payload end) of each attribute in data[start:end]."""
-    unpack = _ATTR.unpack_from
-    while start + 4 <= end:
-        length, kind = unpack(data, start)
-        if length < 4:
-            raise OSError(errno.EBADMSG, "malformed conntrack netlink attribute")
-        yield kind & NLA_TYPE_MASK, start + 4, start + length
-        start += (length + 3) & ~3
+    return nfnetlink.attributes(data, start, end, "conntrack netlink")
 
 
 def _parse_tuple(data, start: int, end: int) -> tuple[int, str, int, str, int] | None:

@@ -266,18 +266,13 @@ class NamespaceKernel:
         return self._call(self._writer, job, "checking net.ipv4.ip_forward")
 
     def close(self) -> None:
-        runner = self._runner
-        if runner is not None:
-            try:
-                self._writer.run(runner.close, timeout=5)
-            except Exception:  # noqa: BLE001 - closing on shutdown must not raise
-                pass
-        sock = self._ct_sock
-        if sock is not None:
-            try:
-                self._reader.run(sock.close, timeout=5)
-            except Exception:  # noqa: BLE001 - closing on shutdown must not raise
-                pass
-            self._ct_sock = None
+        # The libnftables context and the ctnetlink socket are closed in the thread (namespace) that made them.
+        for worker, thing in ((self._writer, self._runner), (self._reader, self._ct_sock)):
+            if thing is not None:
+                try:
+                    worker.run(thing.close, timeout=5)
+                except Exception:  # noqa: BLE001 - closing on shutdown must not raise
+                    pass
+        self._ct_sock = None
         self._writer.close()
         self._reader.close()

@@ -15,6 +15,9 @@ import errno
 import os
 import socket
 import struct
+from typing import Iterator
+
+_NLA = struct.Struct("=HH")  # nlattr: length, type
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
@@ -52,6 +55,18 @@ def os_error(code: int, message: str, kind: type[OSError] = OSError) -> OSError:
     exc = kind(message)
     exc.errno = code
     return exc
+
+
+def attributes(data, start: int, end: int, what: str = "netlink") -> Iterator[tuple[int, int, int]]:
+    """(type, payload start, payload end) of each attribute in data[start:end] (nested ones: call again on a
+    payload). A length below 4 raises OSError EBADMSG."""
+    unpack = _NLA.unpack_from
+    while start + 4 <= end:
+        length, kind = unpack(data, start)
+        if length < 4:
+            raise os_error(errno.EBADMSG, f"malformed {what} attribute")
+        yield kind & 0x3FFF, start + 4, start + length
+        start += (length + 3) & ~3
 
 
 def open_socket(timeout: float) -> socket.socket:

@@ -28,7 +28,7 @@ import os
 import socket
 import struct
 
-from labgate.dataplane.nfnetlink import open_socket, os_error
+from labgate.dataplane.nfnetlink import attributes, open_socket, os_error
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
@@ -158,101 +158,57 @@ def parse_dump_part(buf, length: int, seq: int, out: Counters, *, what: str = "s
 
 
 def _parse_setelem_message(buf, pos: int, end: int, out: Counters, nonzero: bool) -> None:
-    attr = _ATTR.unpack_from
-    while pos + 4 <= end:
-        alen, atype = attr(buf, pos)
-        if alen < 4:
-            raise os_error(errno.EBADMSG, "malformed netlink attribute")
-        if atype & NLA_TYPE_MASK == NFTA_SET_ELEM_LIST_ELEMENTS:
-            _parse_elements(buf, pos + 4, pos + alen, out, nonzero)
-        pos += (alen + 3) & ~3
-
-
-def _parse_elements(buf, pos: int, end: int, out: Counters, nonzero: bool) -> None:
-    attr = _ATTR.unpack_from
-    while pos + 4 <= end:
-        alen, atype = attr(buf, pos)
-        if alen < 4:
-            raise os_error(errno.EBADMSG, "malformed netlink attribute")
-        if atype & NLA_TYPE_MASK == NFTA_LIST_ELEM:
-            _parse_element(buf, pos + 4, pos + alen, out, nonzero)
-        pos += (alen + 3) & ~3
+    for kind, a, b in attributes(buf, pos, end):
+        if kind == NFTA_SET_ELEM_LIST_ELEMENTS:
+            for inner, c, d in attributes(buf, a, b):
+                if inner == NFTA_LIST_ELEM:
+                    _parse_element(buf, c, d, out, nonzero)
 
 
 def _parse_element(buf, pos: int, end: int, out: Counters, nonzero: bool) -> None:
-    attr = _ATTR.unpack_from
     key = None
     counter = (0, 0)
-    while pos + 4 <= end:
-        alen, atype = attr(buf, pos)
-        if alen < 4:
-            raise os_error(errno.EBADMSG, "malformed netlink attribute")
-        atype &= NLA_TYPE_MASK
-        if atype == NFTA_SET_ELEM_KEY:
-            key = _parse_key(buf, pos + 4, pos + alen)
-        elif atype == NFTA_SET_ELEM_EXPR:
-            counter = _parse_expr(buf, pos + 4, pos + alen) or counter
-        elif atype == NFTA_SET_ELEM_EXPRESSIONS:
-            inner, inner_end = pos + 4, pos + alen
-            while inner + 4 <= inner_end:
-                ilen, itype = attr(buf, inner)
-                if ilen < 4:
-                    raise os_error(errno.EBADMSG, "malformed netlink attribute")
-                if itype & NLA_TYPE_MASK == NFTA_LIST_ELEM:
-                    found = _parse_expr(buf, inner + 4, inner + ilen)
-                    if found is not None:
-                        counter = found
-                inner += (ilen + 3) & ~3
-        elif atype == NFTA_SET_ELEM_FLAGS and alen >= 8:
-            if _BE32.unpack_from(buf, pos + 4)[0] & NFT_SET_ELEM_CATCHALL:
+    for kind, a, b in attributes(buf, pos, end):
+        if kind == NFTA_SET_ELEM_KEY:
+            key = _parse_key(buf, a, b)
+        elif kind == NFTA_SET_ELEM_EXPR:
+            counter = _parse_expr(buf, a, b) or counter
+        elif kind == NFTA_SET_ELEM_EXPRESSIONS:
+            for inner, c, d in attributes(buf, a, b):
+                found = _parse_expr(buf, c, d) if inner == NFTA_LIST_ELEM else None
+                if found is not None:
+                    counter = found
+        elif kind == NFTA_SET_ELEM_FLAGS and b - a >= 4:
+            if _BE32.unpack_from(buf, a)[0] & NFT_SET_ELEM_CATCHALL:
                 return  # the catch-all element has no key: no forward (nft's JSON shows it as "*")
-        pos += (alen + 3) & ~3
     if key is not None and (counter != (0, 0) or not nonzero):
         out[key] = counter
 
 
 def _parse_key(buf, pos: int, end: int) -> int | None:
-    attr = _ATTR.unpack_from
-    while pos + 4 <= end:
-        alen, atype = attr(buf, pos)
-        if alen < 4:
-            raise os_error(errno.EBADMSG, "malformed netlink attribute")
-        if atype & NLA_TYPE_MASK == NFTA_DATA_VALUE:
-            if alen != 8:
-                raise ValueError(f"set key of {alen - 4} bytes: not a set of marks")
-            return _U32.unpack_from(buf, pos + 4)[0]
-        pos += (alen + 3) & ~3
+    for kind, a, b in attributes(buf, pos, end):
+        if kind == NFTA_DATA_VALUE:
+            if b - a != 4:
+                raise ValueError(f"set key of {b - a} bytes: not a set of marks")
+            return _U32.unpack_from(buf, a)[0]
     return None
 
 
 def _parse_expr(buf, pos: int, end: int) -> tuple[int, int] | None:
     """(packets, bytes) if this expression is a counter, else None."""
-    attr = _ATTR.unpack_from
     is_counter = False
     data = None
-    while pos + 4 <= end:
-        alen, atype = attr(buf, pos)
-        if alen < 4:
-            raise os_error(errno.EBADMSG, "malformed netlink attribute")
-        atype &= NLA_TYPE_MASK
-        if atype == NFTA_EXPR_NAME:
-            is_counter = bytes(buf[pos + 4:pos + alen]).rstrip(b"\0") == b"counter"
-        elif atype == NFTA_EXPR_DATA:
-            data = (pos + 4, pos + alen)
-        pos += (alen + 3) & ~3
+    for kind, a, b in attributes(buf, pos, end):
+        if kind == NFTA_EXPR_NAME:
+            is_counter = bytes(buf[a:b]).rstrip(b"\0") == b"counter"
+        elif kind == NFTA_EXPR_DATA:
+            data = (a, b)
     if not is_counter:
         return None
     packets = nbytes = 0
-    if data is not None:
-        pos, end = data
-        while pos + 4 <= end:
-            alen, atype = attr(buf, pos)
-            if alen < 4:
-                raise os_error(errno.EBADMSG, "malformed netlink attribute")
-            atype &= NLA_TYPE_MASK
-            if atype == NFTA_COUNTER_BYTES and alen >= 12:
-                nbytes = _BE64.unpack_from(buf, pos + 4)[0]
-            elif atype == NFTA_COUNTER_PACKETS and alen >= 12:
-                packets = _BE64.unpack_from(buf, pos + 4)[0]
-            pos += (alen + 3) & ~3
+    for kind, a, b in attributes(buf, *data) if data is not None else ():
+        if kind == NFTA_COUNTER_BYTES and b - a >= 8:
+            nbytes = _BE64.unpack_from(buf, a)[0]
+        elif kind == NFTA_COUNTER_PACKETS and b - a >= 8:
+            packets = _BE64.unpack_from(buf, a)[0]
     return packets, nbytes
